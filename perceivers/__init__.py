@@ -1,0 +1,20 @@
+"""perceivers: the Perceiver family (Perceiver, Perceiver IO, Perceiver AR, HiP) in PyTorch."""
+
+from perceivers.hub import from_pretrained
+from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
+from perceivers.models.perceiver_io import PerceiverIO
+from perceivers.registry import create_model, get_config, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecoderConfig",
+    "EncoderConfig",
+    "ImagePreprocessorConfig",
+    "PerceiverIO",
+    "PerceiverIOConfig",
+    "create_model",
+    "from_pretrained",
+    "get_config",
+    "list_models",
+]

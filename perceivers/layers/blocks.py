@@ -1,0 +1,162 @@
+"""MLP, cross-attention and self-attention blocks (official ``perceiver.py`` semantics).
+
+All blocks are pre-LayerNorm (eps 1e-5, as Haiku). Shapes: queries ``(B, N, C_q)``, keys/values
+``(B, M, C_kv)``; every block returns ``(B, N, C_q)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from perceivers.layers.attention import Attention
+from perceivers.layers.init import init_linear_fan_in
+
+Activation = Literal["gelu_tanh", "gelu", "sq_relu", "relu"]
+ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu", "sq_relu", "relu")
+LAYER_NORM_EPS = 1e-5
+
+
+def activation_fn(name: str, x: Tensor) -> Tensor:
+    """Apply the named activation: tanh-approximated GELU (official default), exact GELU (HF
+    transformers' ``"gelu"``), squared ReLU (Perceiver AR / HiP) or ReLU."""
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "sq_relu":
+        return F.relu(x).square()
+    if name == "relu":
+        return F.relu(x)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+class MLP(nn.Module):
+    """``Linear(C -> widening*C)`` -> activation -> ``Linear(-> C)`` -> dropout. ``(..., C) -> (..., C)``."""
+
+    def __init__(
+        self, channels: int, *, widening_factor: int = 1, activation: str = "gelu_tanh", dropout_prob: float = 0.0
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        self.fc1 = nn.Linear(channels, widening_factor * channels)
+        self.fc2 = nn.Linear(widening_factor * channels, channels)
+        self.dropout = nn.Dropout(dropout_prob)
+
+    def init_weights(self) -> None:
+        init_linear_fan_in(self.fc1)
+        init_linear_fan_in(self.fc2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(activation_fn(self.activation, self.fc1(x))))
+
+
+class CrossAttentionBlock(nn.Module):
+    """``x = [x_q +] Attn(LN_q(x_q), LN_kv(x_kv)); x = x + MLP(LN(x))`` (official ``CrossAttention``).
+
+    Args:
+        q_channels, kv_channels: widths of the query and key/value inputs.
+        qk_channels: query/key width; ``None`` takes it from the kv input (``shape_for_attn='kv'``,
+            used by every released model) or from the query (``'q'``).
+        v_channels: value width, default ``qk_channels``. The output width is always ``q_channels``.
+        use_query_residual: add the *un-normalised* query to the attention output.
+    """
+
+    def __init__(
+        self,
+        *,
+        q_channels: int,
+        kv_channels: int,
+        num_heads: int = 1,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        shape_for_attn: Literal["kv", "q"] = "kv",
+        widening_factor: int = 1,
+        use_query_residual: bool = True,
+        dropout_prob: float = 0.0,
+        attention_dropout_prob: float = 0.0,
+        activation: str = "gelu_tanh",
+    ) -> None:
+        super().__init__()
+        if shape_for_attn not in ("kv", "q"):
+            raise ValueError(f"shape_for_attn must be 'kv' or 'q', got {shape_for_attn!r}")
+        if qk_channels is None:
+            qk_channels = kv_channels if shape_for_attn == "kv" else q_channels
+        if v_channels is None:
+            v_channels = qk_channels
+        self.use_query_residual = use_query_residual
+        self.q_norm = nn.LayerNorm(q_channels, eps=LAYER_NORM_EPS)
+        self.kv_norm = nn.LayerNorm(kv_channels, eps=LAYER_NORM_EPS)
+        self.attention = Attention(
+            q_in_channels=q_channels,
+            kv_in_channels=kv_channels,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            output_channels=q_channels,
+            num_heads=num_heads,
+            dropout_prob=attention_dropout_prob,
+        )
+        self.attention_dropout = nn.Dropout(dropout_prob)
+        self.mlp_norm = nn.LayerNorm(q_channels, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(q_channels, widening_factor=widening_factor, activation=activation, dropout_prob=dropout_prob)
+
+    def init_weights(self) -> None:
+        for norm in (self.q_norm, self.kv_norm, self.mlp_norm):
+            norm.reset_parameters()
+        self.attention.init_weights()
+        self.mlp.init_weights()
+
+    def forward(self, x_q: Tensor, x_kv: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` -> ``(B, N, C_q)``."""
+        attn = self.attention_dropout(self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask))
+        x = x_q + attn if self.use_query_residual else attn
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class SelfAttentionBlock(nn.Module):
+    """``x = x + Attn(LN(x)); x = x + MLP(LN(x))`` (official ``SelfAttention``). ``(B, N, C) -> (B, N, C)``."""
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        num_heads: int = 8,
+        qk_channels: int | None = None,
+        v_channels: int | None = None,
+        widening_factor: int = 1,
+        dropout_prob: float = 0.0,
+        attention_dropout_prob: float = 0.0,
+        activation: str = "gelu_tanh",
+    ) -> None:
+        super().__init__()
+        qk_channels = channels if qk_channels is None else qk_channels
+        v_channels = qk_channels if v_channels is None else v_channels
+        self.attention_norm = nn.LayerNorm(channels, eps=LAYER_NORM_EPS)
+        self.attention = Attention(
+            q_in_channels=channels,
+            kv_in_channels=channels,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            output_channels=channels,
+            num_heads=num_heads,
+            dropout_prob=attention_dropout_prob,
+        )
+        self.attention_dropout = nn.Dropout(dropout_prob)
+        self.mlp_norm = nn.LayerNorm(channels, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(channels, widening_factor=widening_factor, activation=activation, dropout_prob=dropout_prob)
+
+    def init_weights(self) -> None:
+        self.attention_norm.reset_parameters()
+        self.mlp_norm.reset_parameters()
+        self.attention.init_weights()
+        self.mlp.init_weights()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x: (B, N, C)``, optional ``mask: (B, N) | (B, N, N)`` -> ``(B, N, C)``."""
+        h = self.attention_norm(x)
+        x = x + self.attention_dropout(self.attention(h, h, mask))
+        return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,53 @@
+"""Official (Haiku) initialisers.
+
+- ``init_linear_fan_in``: ``VarianceScaling(1.0, fan_in, truncated_normal)``, the official ``conv_1d``
+  used for attention and MLP linears: sigma = sqrt(1/fan_in) / 0.87962566, truncated at +-2 sigma.
+- ``init_linear_haiku``: Haiku's default ``hk.Linear`` / ``hk.Conv2D`` init, truncated normal with
+  sigma = 1/sqrt(fan_in), truncated at +-2 sigma, without the variance correction.
+- ``init_trunc_normal``: truncated normal of a given std (latents, trainable positions: 0.02).
+Biases start at zero. All functions are no-ops on meta tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# Std of a standard normal truncated to [-2, 2]; VarianceScaling divides by it.
+_TRUNC_STD_CORRECTION = 0.87962566103423978
+
+
+def init_trunc_normal(tensor: Tensor, std: float) -> None:
+    """Truncated normal N(0, std) cut at +-2 std, in place."""
+    if tensor.is_meta:
+        return
+    with torch.no_grad():
+        nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def _fan_in(weight: Tensor) -> int:
+    return int(math.prod(weight.shape[1:]))
+
+
+def init_linear_fan_in(module: nn.Linear | nn.Conv2d, scale: float = 1.0) -> None:
+    """Official ``conv_1d`` init: fan-in variance scaling with a truncated normal; zero bias."""
+    std = math.sqrt(scale / _fan_in(module.weight)) / _TRUNC_STD_CORRECTION
+    init_trunc_normal(module.weight, std)
+    if module.bias is not None and not module.bias.is_meta:
+        nn.init.zeros_(module.bias)
+
+
+def init_linear_haiku(module: nn.Linear | nn.Conv2d) -> None:
+    """Haiku default ``hk.Linear``/``hk.Conv2D`` init: truncated normal, std 1/sqrt(fan_in); zero bias."""
+    init_trunc_normal(module.weight, 1.0 / math.sqrt(_fan_in(module.weight)))
+    if module.bias is not None and not module.bias.is_meta:
+        nn.init.zeros_(module.bias)
+
+
+def init_zeros(module: nn.Linear) -> None:
+    """Zero weight and bias (projection-decoder logits, flow head)."""
+    for p in (module.weight, module.bias):
+        if p is not None and not p.is_meta:
+            nn.init.zeros_(p)

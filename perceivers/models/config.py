@@ -1,0 +1,363 @@
+"""Frozen, validated configurations for Perceiver and Perceiver IO models.
+
+Every config is a ``@dataclass(frozen=True, kw_only=True)`` whose ``__post_init__`` raises
+``ValueError``/``TypeError`` naming the field, the value and what was expected. ``to_dict`` /
+``from_dict`` round-trip through ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from perceivers.layers.blocks import ACTIVATIONS
+from perceivers.layers.position import fourier_output_size
+
+PREP_TYPES = ("pixels", "patches", "conv1x1", "conv")
+POSITION_TYPES = ("fourier", "trainable", "none")
+
+
+def _fail(field_name: str, value: Any, expected: str) -> None:
+    raise ValueError(f"{field_name}={value!r} is invalid: expected {expected}")
+
+
+def _check_int(name: str, value: Any, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        _fail(name, value, f"an int >= {minimum}")
+
+
+def _check_optional_int(name: str, value: Any) -> None:
+    if value is not None:
+        _check_int(name, value)
+
+
+def _check_prob(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        _fail(name, value, "a float in [0, 1)")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(name, value, f"one of {choices}")
+
+
+def _tuple_of_ints(obj: Any, name: str, value: Any, *, allow_none: bool = False) -> None:
+    """Normalise a list to a tuple in place (``config.json`` stores lists) and validate it."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (tuple, list)) or not value:
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
+    for v in value:
+        _check_int(name, v)
+    object.__setattr__(obj, name, tuple(value))
+
+
+class _ConfigMixin:
+    """``to_dict``/``from_dict`` for nested frozen dataclasses."""
+
+    _nested: ClassVar[dict[str, type]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
+        kwargs = dict(data)
+        for key, sub in cls._nested.items():
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = sub.from_dict(kwargs[key])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``; nested configs accept a dict of their own fields to change."""
+        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} fields {unknown}; valid fields: {sorted(names)}")
+        for key, sub in self._nested.items():
+            value = changes.get(key)
+            current = getattr(self, key)
+            if isinstance(value, dict):
+                changes[key] = current.replace(**value) if current is not None else sub.from_dict(value)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImagePreprocessorConfig(_ConfigMixin):
+    """Image preprocessor (official ``ImagePreprocessor``); images are NCHW floats.
+
+    ``prep_type``: ``pixels`` (keep every ``spatial_downsample``-th pixel), ``patches`` (space to
+    depth, channel order (dh, dw, c), optional ``Linear`` to ``num_channels``), ``conv1x1``
+    (``Conv2d(1x1, stride=spatial_downsample)``), ``conv`` (log4(spatial_downsample) x [7x7/2 conv
+    TF-SAME, BatchNorm, ReLU, 3x3/2 max-pool SAME]). Positions are built over the post-prep grid.
+    """
+
+    image_size: tuple[int, int] = (224, 224)
+    in_channels: int = 3
+    prep_type: str = "conv"
+    spatial_downsample: int = 4
+    num_channels: int = 64
+    conv_after_patching: bool = False
+    conv2d_use_batchnorm: bool = True
+    position_encoding: str = "fourier"
+    num_bands: int = 64
+    max_resolution: tuple[int, ...] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+    trainable_pos_channels: int = 256
+    pos_init_scale: float = 0.02
+    project_pos_dim: int = 0
+    concat_or_add_pos: str = "concat"
+
+    def __post_init__(self) -> None:
+        _tuple_of_ints(self, "image_size", self.image_size)
+        if len(self.image_size) != 2:
+            _fail("image_size", self.image_size, "(height, width)")
+        _check_int("in_channels", self.in_channels)
+        _check_choice("prep_type", self.prep_type, PREP_TYPES)
+        _check_int("spatial_downsample", self.spatial_downsample)
+        _check_int("num_channels", self.num_channels)
+        _check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
+        _check_int("num_bands", self.num_bands)
+        _tuple_of_ints(self, "max_resolution", self.max_resolution, allow_none=True)
+        if self.max_resolution is not None and len(self.max_resolution) != 2:
+            _fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
+        _check_int("trainable_pos_channels", self.trainable_pos_channels)
+        _check_int("project_pos_dim", self.project_pos_dim, minimum=0)
+        _check_choice("concat_or_add_pos", self.concat_or_add_pos, ("concat", "add"))
+        if self.prep_type == "conv":
+            layers = math.log(self.spatial_downsample, 4)
+            if self.spatial_downsample < 4 or abs(layers - round(layers)) > 1e-9:
+                _fail("spatial_downsample", self.spatial_downsample, "a power of 4 (>= 4) for prep_type='conv'")
+        h, w = self.image_size
+        if self.prep_type == "patches" and (h % self.spatial_downsample or w % self.spatial_downsample):
+            _fail("image_size", self.image_size, f"divisible by spatial_downsample={self.spatial_downsample} for patches")
+        if self.concat_or_add_pos == "add" and self.position_encoding != "none":
+            if self.pos_channels != self.feature_channels:
+                _fail("concat_or_add_pos", "add", f"position channels ({self.pos_channels}) equal to feature "
+                      f"channels ({self.feature_channels})")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Post-prep grid ``(H', W')`` for ``image_size``."""
+        return prep_grid(self, *self.image_size)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the prepared features before positions are added."""
+        if self.prep_type == "pixels":
+            return self.in_channels
+        if self.prep_type == "patches":
+            return self.num_channels if self.conv_after_patching else self.in_channels * self.spatial_downsample**2
+        return self.num_channels
+
+    @property
+    def pos_channels(self) -> int:
+        if self.position_encoding == "none":
+            return 0
+        if self.project_pos_dim > 0:
+            return self.project_pos_dim
+        if self.position_encoding == "trainable":
+            return self.trainable_pos_channels
+        return fourier_output_size(2, self.num_bands, concat_pos=self.concat_pos, sine_only=self.sine_only)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the tokens fed to the encoder."""
+        if self.concat_or_add_pos == "add":
+            return self.feature_channels
+        return self.feature_channels + self.pos_channels
+
+
+def prep_grid(cfg: ImagePreprocessorConfig, h: int, w: int) -> tuple[int, int]:
+    """Token grid after preprocessing an ``h x w`` image."""
+    s = cfg.spatial_downsample
+    if cfg.prep_type == "conv":
+        for _ in range(round(math.log(s, 4))):
+            h, w = -(-h // 2), -(-w // 2)  # conv 7x7/2, SAME
+            h, w = -(-h // 2), -(-w // 2)  # max-pool 3x3/2, SAME
+        return h, w
+    if cfg.prep_type == "patches":
+        return h // s, w // s
+    return -(-h // s), -(-w // s)  # pixels slicing and conv1x1 SAME: ceil(h/s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig(_ConfigMixin):
+    """Perceiver encoder: latents, cross-attend(s) and a latent self-attention stack.
+
+    ``layout='io'`` (Perceiver IO): one cross-attend, then the stack of ``num_self_attends_per_block``
+    layers applied ``num_blocks`` times with shared weights. ``layout='interleaved'`` (original
+    Perceiver): a cross-attend before every block; the first cross-attend has its own weights and
+    cross-attends 2..``num_blocks`` share one module (Perceiver paper Tab. 7).
+    """
+
+    num_latents: int = 512
+    num_latent_channels: int = 1024
+    num_blocks: int = 8
+    num_self_attends_per_block: int = 6
+    num_cross_attend_heads: int = 1
+    num_self_attend_heads: int = 8
+    cross_attend_widening_factor: int = 1
+    self_attend_widening_factor: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    cross_attention_shape_for_attn: str = "kv"
+    use_query_residual: bool = True
+    dropout_prob: float = 0.0
+    attention_dropout_prob: float = 0.0
+    latent_init_scale: float = 0.02
+    layout: str = "io"
+
+    def __post_init__(self) -> None:
+        for name in ("num_latents", "num_latent_channels", "num_blocks", "num_self_attends_per_block",
+                     "num_cross_attend_heads", "num_self_attend_heads", "cross_attend_widening_factor",
+                     "self_attend_widening_factor"):
+            _check_int(name, getattr(self, name))
+        _check_optional_int("qk_channels", self.qk_channels)
+        _check_optional_int("v_channels", self.v_channels)
+        _check_choice("cross_attention_shape_for_attn", self.cross_attention_shape_for_attn, ("kv", "q"))
+        _check_choice("layout", self.layout, ("io", "interleaved"))
+        _check_prob("dropout_prob", self.dropout_prob)
+        _check_prob("attention_dropout_prob", self.attention_dropout_prob)
+        if not isinstance(self.latent_init_scale, (int, float)) or self.latent_init_scale <= 0:
+            _fail("latent_init_scale", self.latent_init_scale, "a positive float")
+        self_qk = self.qk_channels or self.num_latent_channels
+        _check_divisible("self-attention qk_channels", self_qk, "num_self_attend_heads", self.num_self_attend_heads)
+        _check_divisible("self-attention v_channels", self.v_channels or self_qk, "num_self_attend_heads",
+                         self.num_self_attend_heads)
+
+    def cross_attention_channels(self, input_channels: int) -> tuple[int, int]:
+        """(qk, v) widths of the encoder cross-attention for inputs of ``input_channels``."""
+        qk = self.qk_channels
+        if qk is None:
+            qk = input_channels if self.cross_attention_shape_for_attn == "kv" else self.num_latent_channels
+        return qk, self.v_channels or qk
+
+
+def _check_divisible(what: str, value: int, heads_name: str, heads: int) -> None:
+    if value % heads:
+        raise ValueError(f"{what}={value} must be divisible by {heads_name}={heads}")
+
+
+DECODER_TYPES = ("classification", "projection", "basic")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderConfig(_ConfigMixin):
+    """Decoder. ``classification``: one learned query (official ``ClassificationDecoder``);
+    ``projection``: mean over latents then a zero-initialised ``Linear`` (original Perceiver);
+    ``basic``: queries from position encodings over ``output_index_dims`` (official ``BasicDecoder``).
+    """
+
+    type: str = "classification"
+    num_outputs: int = 1000
+    output_index_dims: tuple[int, ...] = (1,)
+    position_encoding: str = "trainable"
+    num_query_channels: int = 1024
+    num_bands: int = 64
+    max_resolution: tuple[int, ...] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+    query_init_scale: float = 0.02
+    num_heads: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    widening_factor: int = 1
+    use_query_residual: bool = False
+    concat_preprocessed_input: bool = False
+    final_project: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("type", self.type, DECODER_TYPES)
+        _check_int("num_outputs", self.num_outputs)
+        _tuple_of_ints(self, "output_index_dims", self.output_index_dims)
+        _check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
+        _check_int("num_query_channels", self.num_query_channels)
+        _check_int("num_bands", self.num_bands)
+        _tuple_of_ints(self, "max_resolution", self.max_resolution, allow_none=True)
+        if self.max_resolution is not None and len(self.max_resolution) != len(self.output_index_dims):
+            _fail("max_resolution", self.max_resolution, f"{len(self.output_index_dims)} entries, one per output dim")
+        for name in ("num_heads", "widening_factor"):
+            _check_int(name, getattr(self, name))
+        _check_optional_int("qk_channels", self.qk_channels)
+        _check_optional_int("v_channels", self.v_channels)
+        if self.type == "classification" and self.position_encoding != "trainable":
+            _fail("position_encoding", self.position_encoding, "'trainable' for a classification decoder")
+        if self.type == "basic" and self.position_encoding == "none" and not self.concat_preprocessed_input:
+            _fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True")
+
+    def query_channels(self, input_channels: int) -> int:
+        """Width of the decoder queries (``input_channels`` = preprocessed input without positions)."""
+        if self.position_encoding == "trainable":
+            c = self.num_query_channels
+        elif self.position_encoding == "fourier":
+            c = fourier_output_size(len(self.output_index_dims), self.num_bands, concat_pos=self.concat_pos,
+                                    sine_only=self.sine_only)
+        else:
+            c = 0
+        return c + (input_channels if self.concat_preprocessed_input else 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerceiverIOConfig(_ConfigMixin):
+    """A whole model: optional image preprocessor, encoder, decoder and the MLP activation.
+
+    With ``preprocessor=None`` the model takes tokens ``(B, M, input_channels)``; otherwise NCHW
+    images and ``input_channels`` is derived from the preprocessor. ``activation`` defaults to the
+    official tanh-approximated GELU; HF transformers uses exact GELU (``"gelu"``).
+    """
+
+    _nested: ClassVar[dict[str, type]] = {
+        "preprocessor": ImagePreprocessorConfig, "encoder": EncoderConfig, "decoder": DecoderConfig,
+    }
+
+    preprocessor: ImagePreprocessorConfig | None = None
+    input_channels: int | None = None
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    activation: str = "gelu_tanh"
+
+    def __post_init__(self) -> None:
+        for key, sub in self._nested.items():
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                object.__setattr__(self, key, sub.from_dict(value))
+            elif value is not None and not isinstance(value, sub):
+                raise TypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
+        if self.encoder is None or self.decoder is None:
+            raise TypeError("encoder and decoder configs are required")
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if self.preprocessor is None:
+            if self.input_channels is None:
+                _fail("input_channels", None, "an int when preprocessor is None")
+            _check_int("input_channels", self.input_channels)
+        else:
+            derived = self.preprocessor.output_channels
+            if self.input_channels not in (None, derived):
+                _fail("input_channels", self.input_channels, f"None or {derived} (derived from the preprocessor)")
+            object.__setattr__(self, "input_channels", derived)
+        enc = self.encoder
+        qk, v = enc.cross_attention_channels(self.input_channels)
+        _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", enc.num_cross_attend_heads)
+        _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", enc.num_cross_attend_heads)
+        dec = self.decoder
+        if dec.type != "projection":
+            dqk = dec.qk_channels or enc.num_latent_channels
+            _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
+            _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+
+    @property
+    def preprocessed_channels(self) -> int:
+        """Channels of the preprocessed input *without* positions (for ``concat_preprocessed_input``)."""
+        return self.preprocessor.feature_channels if self.preprocessor is not None else self.input_channels
