@@ -357,6 +357,11 @@ class PerceiverIOConfig(_ConfigMixin):
             _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
             _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
 
+    def replace(self, **changes: Any) -> "PerceiverIOConfig":
+        if "preprocessor" in changes and "input_channels" not in changes and self.preprocessor is not None:
+            changes["input_channels"] = None  # derived again from the new preprocessor
+        return super().replace(**changes)
+
     @property
     def preprocessed_channels(self) -> int:
         """Channels of the preprocessed input *without* positions (for ``concat_preprocessed_input``)."""

@@ -1,0 +1,53 @@
+"""scikit-learn's ``load_digits``: 1,797 real 8x8 handwritten digits (0-16 grey levels), shipped with
+scikit-learn, so no download is needed.
+
+The split is fixed: ``train_test_split(test_size=0.2, stratify=labels, random_state=0)``, giving
+1,437 training and 360 test images. Pixels are scaled to [0, 1] and returned NCHW ``(N, 1, 8, 8)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+TEST_SIZE = 0.2
+SPLIT_SEED = 0
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    train_images: Tensor  # (1437, 1, 8, 8) float32 in [0, 1]
+    train_labels: Tensor  # (1437,) int64
+    test_images: Tensor  # (360, 1, 8, 8)
+    test_labels: Tensor  # (360,)
+
+
+def load_digits_split() -> DigitsSplit:
+    """The fixed, stratified, seeded train/test split of the digits (see module docstring)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    images = (data.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    labels = data.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=TEST_SIZE, stratify=labels,
+                                              random_state=SPLIT_SEED)
+    return DigitsSplit(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te))
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Augmentation: shift each image by up to ``max_shift`` pixels in x and y, zero-filled. ``(B, C, H, W)``."""
+    if max_shift <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, images.shape[1], h, padded.shape[3])
+    shifted = padded.gather(2, rows)  # (B, C, H, W + 2s)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, images.shape[1], h, w)
+    return shifted.gather(3, cols)
