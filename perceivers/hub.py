@@ -68,6 +68,11 @@ def _write_json(data: dict[str, Any]) -> Callable[[str], None]:
     return write
 
 
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    atomic_write(path, _write_json(data))
+
+
 class PretrainedMixin:
     """Adds ``save_pretrained(dir)`` to a model with ``config`` (``to_dict``) and ``model_type``."""
 
@@ -77,13 +82,14 @@ class PretrainedMixin:
 
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        state = self.state_dict()  # type: ignore[attr-defined]
         if any(v.is_meta for v in state.values()):
             raise ValueError("cannot save a model whose parameters are on the meta device; materialise it first")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         config = {"model_type": self.model_type, "format_version": FORMAT_VERSION,  # type: ignore[attr-defined]
                   "config": self.config.to_dict()}  # type: ignore[attr-defined]
         atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write(out / CONFIG_NAME, _write_json(config))
+        write_json(out / CONFIG_NAME, config)
         return out
 
 

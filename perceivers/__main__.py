@@ -1,0 +1,3 @@
+from perceivers.cli.main import main
+
+raise SystemExit(main())
