@@ -1,0 +1,87 @@
+"""The training loop: it learns, it is seeded, its schedule and weight-decay groups are as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
+from perceivers.data.digits import load_digits_split, random_shift
+from perceivers.training.trainer import TrainConfig, evaluate, param_groups, train_classifier, warmup_cosine
+
+
+def _tiny_model() -> PerceiverIO:
+    enc = EncoderConfig(num_latents=4, num_latent_channels=16, num_blocks=1, num_self_attends_per_block=1,
+                        num_self_attend_heads=2)
+    dec = DecoderConfig(type="classification", num_outputs=3, num_query_channels=16, use_query_residual=True)
+    return PerceiverIO(PerceiverIOConfig(input_channels=8, encoder=enc, decoder=dec))
+
+
+def _task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic: 6 noisy tokens around one of 3 fixed mean vectors; the label is which mean."""
+    means = torch.randn(3, 8, generator=torch.Generator().manual_seed(123))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return means[y][:, None, :] + 1.5 * torch.randn(n, 6, 8, generator=g), y
+
+
+def test_training_learns_a_synthetic_task():
+    torch.manual_seed(0)
+    model = _tiny_model()
+    train, test = _task(512, 0), _task(256, 1)
+    before = evaluate(model, *test)["accuracy"]
+    train_classifier(model, train, TrainConfig(epochs=8, batch_size=32, lr=3e-3), progress=False)
+    after = evaluate(model, *test)["accuracy"]
+    assert after > 0.9 and after > before + 0.4
+
+
+def test_training_is_seeded():
+    train = _task(64, 0)
+    a, b = _tiny_model(), _tiny_model()
+    b.load_state_dict(a.state_dict())
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=3)
+    train_classifier(a, train, cfg, progress=False)
+    train_classifier(b, train, cfg, progress=False)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = _tiny_model()
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert any(p is model.encoder.latents for p in decay["params"])  # latents are decayed (official)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(100, 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": -1}, {"lr": 0.0}, {"warmup_fraction": 1.0},
+                                 {"label_smoothing": -0.1}, {"weight_decay": -1.0}])
+def test_train_config_validation(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig(**bad)
+
+
+def test_digits_split_is_fixed_and_stratified():
+    d = load_digits_split()
+    assert d.train_images.shape == (1437, 1, 8, 8) and d.test_images.shape == (360, 1, 8, 8)
+    assert d.train_images.dtype == torch.float32 and 0.0 <= d.train_images.min() and d.train_images.max() <= 1.0
+    counts = torch.bincount(d.test_labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified: ~36 per class
+    assert torch.equal(load_digits_split().test_labels, d.test_labels)
+
+
+def test_random_shift_moves_content_within_bounds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(32, 1, 8, 8)
+    x[:, :, 3, 4] = 1.0
+    y = random_shift(x, 1, g)
+    assert y.shape == x.shape and torch.all(y.sum(dim=(1, 2, 3)) == 1.0)
+    rows, cols = y[:, 0].nonzero(as_tuple=True)[1:]
+    assert set(rows.tolist()) == {2, 3, 4} and set(cols.tolist()) == {3, 4, 5}
+    assert torch.equal(random_shift(x, 0, g), x)
