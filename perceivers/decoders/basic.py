@@ -26,9 +26,10 @@ class BasicDecoder(nn.Module):
 
     Queries are trainable or Fourier position encodings over ``output_index_dims``, optionally
     subsampled by flat indices (Fourier queries then use the official ``-1 + 2*idx/n`` positions;
-    a trainable table ignores subsampling, as officially), optionally concatenated with the
-    preprocessed input. A ``query_mask: (B, O)`` is honoured: masked output rows get an attention
-    result of exactly zero (HF transformers silently ignores the decoder query mask).
+    a trainable table ignores subsampling, as officially), optionally concatenated after the
+    preprocessed input (``[inputs_without_pos, pos]``, the official order). A ``query_mask: (B, O)``
+    is honoured: masked output rows get an attention result of exactly zero (HF transformers
+    silently ignores the decoder query mask).
     """
 
     def __init__(self, config: DecoderConfig, *, latent_channels: int, input_channels: int = 0,
@@ -80,11 +81,13 @@ class BasicDecoder(nn.Module):
         if c.concat_preprocessed_input:
             if inputs_without_pos is None:
                 raise ValueError("concat_preprocessed_input=True needs inputs_without_pos")
-            if subsampled_points is not None:  # (B, M, C) -> (B, O', C) at the subsampled positions
+            # A trainable table ignores subsampling (official), so its inputs are not subsampled either.
+            if subsampled_points is not None and not isinstance(self.query_pos, TrainablePositionEncoding):
+                # (B, M, C) -> (B, O', C) at the subsampled positions
                 idx = subsampled_points if subsampled_points.dim() == 2 else subsampled_points.expand(batch_size, -1)
                 inputs_without_pos = inputs_without_pos.gather(
                     1, idx[..., None].expand(-1, -1, inputs_without_pos.shape[-1]))
-            parts.append(inputs_without_pos)
+            parts.insert(0, inputs_without_pos)  # official order: [inputs_without_pos, pos_emb]
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def check_subsampled_points(self, points: Tensor | None, batch_size: int) -> None:

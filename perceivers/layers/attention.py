@@ -28,6 +28,13 @@ def check_mask(mask: Tensor | None, *, batch: int, num_queries: int, num_keys: i
         )
 
 
+def check_positive(**sizes: int) -> None:
+    """Raise ``ValueError`` unless every size is an int >= 1 (naming the offending argument)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
+
+
 class Attention(nn.Module):
     """Q/K/V/O linears with bias and independent qk / v widths; heads own contiguous channel slices.
 
@@ -50,6 +57,8 @@ class Attention(nn.Module):
         dropout_prob: float = 0.0,
     ) -> None:
         super().__init__()
+        check_positive(q_in_channels=q_in_channels, kv_in_channels=kv_in_channels, qk_channels=qk_channels,
+                       v_channels=v_channels, output_channels=output_channels, num_heads=num_heads)
         for field, value in (("qk_channels", qk_channels), ("v_channels", v_channels)):
             if value % num_heads != 0:
                 raise ValueError(f"{field}={value} must be divisible by num_heads={num_heads}")
@@ -68,6 +77,7 @@ class Attention(nn.Module):
         """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` bool -> ``(B, N, C_out)``."""
         b, n, _ = x_q.shape
         m = x_kv.shape[1]
+        check_mask(mask, batch=b, num_queries=n, num_keys=m)
         h = self.num_heads
         q = self.q_proj(x_q).view(b, n, h, -1).transpose(1, 2)  # (B, H, N, Dqk)
         k = self.k_proj(x_kv).view(b, m, h, -1).transpose(1, 2)  # (B, H, M, Dqk)

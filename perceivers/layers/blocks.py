@@ -11,7 +11,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceivers.layers.attention import Attention
+from perceivers.layers.attention import Attention, check_positive
 from perceivers.layers.init import init_linear_fan_in
 
 Activation = Literal["gelu_tanh", "gelu", "sq_relu", "relu"]
@@ -40,6 +40,7 @@ class MLP(nn.Module):
         self, channels: int, *, widening_factor: int = 1, activation: str = "gelu_tanh", dropout_prob: float = 0.0
     ) -> None:
         super().__init__()
+        check_positive(channels=channels, widening_factor=widening_factor)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.activation = activation
@@ -82,6 +83,7 @@ class CrossAttentionBlock(nn.Module):
         activation: str = "gelu_tanh",
     ) -> None:
         super().__init__()
+        check_positive(q_channels=q_channels, kv_channels=kv_channels, num_heads=num_heads)
         if shape_for_attn not in ("kv", "q"):
             raise ValueError(f"shape_for_attn must be 'kv' or 'q', got {shape_for_attn!r}")
         if qk_channels is None:
@@ -133,6 +135,7 @@ class SelfAttentionBlock(nn.Module):
         activation: str = "gelu_tanh",
     ) -> None:
         super().__init__()
+        check_positive(channels=channels, num_heads=num_heads)
         qk_channels = channels if qk_channels is None else qk_channels
         v_channels = qk_channels if v_channels is None else v_channels
         self.attention_norm = nn.LayerNorm(channels, eps=LAYER_NORM_EPS)

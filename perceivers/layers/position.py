@@ -108,7 +108,8 @@ class FourierPositionEncoding(nn.Module):
         if pos is not None:
             return self._features(pos.to(dtype))
         dims = self.index_dims if index_dims is None else tuple(index_dims)
-        key = (dims, str(device), dtype)
+        # Tensors created under inference_mode cannot be saved for backward later: cache them apart.
+        key = (dims, str(device), dtype, torch.is_inference_mode_enabled())
         feats = self._cache.get(key)
         if feats is None:
             # Computed in float32 (float64 on CPU is not needed: the official code uses float32).

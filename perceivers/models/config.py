@@ -40,6 +40,19 @@ def _check_prob(name: str, value: Any) -> None:
         _fail(name, value, "a float in [0, 1)")
 
 
+def _check_scale(name: str, value: Any) -> None:
+    """A finite positive float (initialisation standard deviations)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+        _fail(name, value, "a finite positive float")
+
+
+def _check_bools(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         _fail(name, value, f"one of {choices}")
@@ -135,6 +148,8 @@ class ImagePreprocessorConfig(_ConfigMixin):
         _check_int("trainable_pos_channels", self.trainable_pos_channels)
         _check_int("project_pos_dim", self.project_pos_dim, minimum=0)
         _check_choice("concat_or_add_pos", self.concat_or_add_pos, ("concat", "add"))
+        _check_scale("pos_init_scale", self.pos_init_scale)
+        _check_bools(self, "conv_after_patching", "conv2d_use_batchnorm", "concat_pos", "sine_only")
         if self.prep_type == "conv":
             layers = math.log(self.spatial_downsample, 4)
             if self.spatial_downsample < 4 or abs(layers - round(layers)) > 1e-9:
@@ -230,8 +245,8 @@ class EncoderConfig(_ConfigMixin):
         _check_choice("layout", self.layout, ("io", "interleaved"))
         _check_prob("dropout_prob", self.dropout_prob)
         _check_prob("attention_dropout_prob", self.attention_dropout_prob)
-        if not isinstance(self.latent_init_scale, (int, float)) or self.latent_init_scale <= 0:
-            _fail("latent_init_scale", self.latent_init_scale, "a positive float")
+        _check_scale("latent_init_scale", self.latent_init_scale)
+        _check_bools(self, "use_query_residual")
         self_qk = self.qk_channels or self.num_latent_channels
         _check_divisible("self-attention qk_channels", self_qk, "num_self_attend_heads", self.num_self_attend_heads)
         _check_divisible("self-attention v_channels", self.v_channels or self_qk, "num_self_attend_heads",
@@ -280,6 +295,9 @@ class DecoderConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         _check_choice("type", self.type, DECODER_TYPES)
+        _check_scale("query_init_scale", self.query_init_scale)
+        _check_bools(self, "concat_pos", "sine_only", "use_query_residual", "concat_preprocessed_input",
+                     "final_project")
         _check_int("num_outputs", self.num_outputs)
         _tuple_of_ints(self, "output_index_dims", self.output_index_dims)
         _check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
@@ -294,6 +312,9 @@ class DecoderConfig(_ConfigMixin):
         _check_optional_int("v_channels", self.v_channels)
         if self.type == "classification" and self.position_encoding != "trainable":
             _fail("position_encoding", self.position_encoding, "'trainable' for a classification decoder")
+        if self.type != "basic" and not self.final_project:
+            _fail("final_project", self.final_project, f"True for a {self.type!r} decoder (only 'basic' can skip "
+                  "the projection)")
         if self.type == "basic" and self.position_encoding == "none" and not self.concat_preprocessed_input:
             _fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True")
 

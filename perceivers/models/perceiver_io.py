@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from perceivers.decoders.basic import BasicDecoder, ClassificationDecoder, ProjectionDecoder
@@ -51,14 +52,24 @@ class PerceiverIO(PretrainedMixin, nn.Module):
             if module is not None:
                 module.init_weights()
 
+    def _check_dtype(self, inputs: Tensor, name: str) -> None:
+        """Floating inputs must match the parameters' dtype (autocast handles mixed dtypes itself)."""
+        dtype = self.encoder.latents.dtype
+        if inputs.dtype != dtype and not torch.is_autocast_enabled(inputs.device.type):
+            raise TypeError(f"{name} have dtype {inputs.dtype} but the model parameters are {dtype}; "
+                            f"convert the inputs (x.to({dtype})) or the model")
+
     def _tokens(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         if self.preprocessor is not None:
+            self.preprocessor.check_input(inputs)
+            self._check_dtype(inputs, "images")
             tokens, feats, _ = self.preprocessor(inputs)
             return tokens, feats
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
         if not inputs.is_floating_point():
             raise TypeError(f"inputs must be a floating-point tensor, got dtype {inputs.dtype}")
+        self._check_dtype(inputs, "inputs")
         if inputs.dim() != 3 or inputs.shape[-1] != self.config.input_channels:
             raise ValueError(f"inputs must have shape (B, M, {self.config.input_channels}), got {tuple(inputs.shape)}")
         if inputs.shape[0] == 0 or inputs.shape[1] == 0:
