@@ -2,15 +2,34 @@
 
 Shapes: queries ``x_q: (B, N, C_q)``, keys/values ``x_kv: (B, M, C_kv)``; a mask is boolean with
 ``True`` = attend, either a key-padding mask ``(B, M)`` or a full mask ``(B, N, M)``.
+
+Two optional hooks serve autoregressive models (Perceiver AR): rotary angles for queries and keys
+(:mod:`perceivers.layers.rotary`), and a key/value cache (any object with the :class:`KVCacheLayer`
+``update`` method, e.g. ``perceivers.generation.kv_cache.LayerKVCache``).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceivers.layers.init import init_linear_fan_in
+from perceivers.layers.rotary import Rotary, apply_rotary
+
+
+class KVCacheLayer(Protocol):
+    """Storage of one attention layer's keys and values across calls.
+
+    ``update(k, v, kv_mask)`` appends the new ``k: (B, H, T, Dqk)`` (rotary already applied) and
+    ``v: (B, H, T, Dv)``, with ``kv_mask: (B, T)`` bool marking which new entries later queries may
+    attend (``None`` = all), and returns every stored key and value ``(B, H, P+T, D)`` together with
+    the validity ``(B, P)`` of the ``P`` entries stored *before* this call.
+    """
+
+    def update(self, k: Tensor, v: Tensor, kv_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 def check_mask(mask: Tensor | None, *, batch: int, num_queries: int, num_keys: int, name: str = "mask") -> None:
@@ -33,6 +52,18 @@ def check_positive(**sizes: int) -> None:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
+
+
+def _extend_with_cache(
+    kv_cache: KVCacheLayer, k: Tensor, v: Tensor, mask: Tensor | None, kv_mask: Tensor | None, *, num_queries: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Store the new ``k, v: (B, H, M, D)`` and return all stored ones with the mask ``(B, N, P+M)``:
+    the valid past entries, then ``mask`` (default: all) over the new ones."""
+    b, _, m, _ = k.shape
+    k, v, past_valid = kv_cache.update(k, v, kv_mask)  # (B, H, P+M, D), (B, P)
+    new = mask if mask is not None else past_valid.new_ones(b, m)
+    new = new[:, None, :].expand(b, num_queries, m) if new.dim() == 2 else new  # (B, N, M)
+    return k, v, torch.cat([past_valid[:, None, :].expand(b, num_queries, -1), new], dim=-1)
 
 
 class Attention(nn.Module):
@@ -73,15 +104,41 @@ class Attention(nn.Module):
         for linear in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             init_linear_fan_in(linear)
 
-    def forward(self, x_q: Tensor, x_kv: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` bool -> ``(B, N, C_out)``."""
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor,
+        mask: Tensor | None = None,
+        *,
+        q_rotary: Rotary | None = None,
+        k_rotary: Rotary | None = None,
+        kv_cache: KVCacheLayer | None = None,
+        kv_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` bool -> ``(B, N, C_out)``.
+
+        ``q_rotary`` / ``k_rotary``: angles ``(B, N, R)`` / ``(B, M, R)`` rotating the first ``R``
+        channels of every query / key head before the logits are scaled by ``1/sqrt(Dqk)``.
+        ``kv_cache``: the ``M`` new keys and values are appended to the cache and the queries attend
+        to every valid stored entry plus the new ones; ``mask`` then covers only the new keys, and
+        ``kv_mask: (B, M)`` marks which new entries later calls may attend (default: all).
+        """
         b, n, _ = x_q.shape
         m = x_kv.shape[1]
         check_mask(mask, batch=b, num_queries=n, num_keys=m)
+        if kv_mask is not None and kv_cache is None:
+            raise ValueError("kv_mask marks entries stored in a cache: it needs kv_cache")
         h = self.num_heads
         q = self.q_proj(x_q).view(b, n, h, -1).transpose(1, 2)  # (B, H, N, Dqk)
         k = self.k_proj(x_kv).view(b, m, h, -1).transpose(1, 2)  # (B, H, M, Dqk)
         v = self.v_proj(x_kv).view(b, m, h, -1).transpose(1, 2)  # (B, H, M, Dv)
+        if q_rotary is not None:
+            q = apply_rotary(q, q_rotary)
+        if k_rotary is not None:
+            k = apply_rotary(k, k_rotary)
+        if kv_cache is not None:
+            k, v, mask = _extend_with_cache(kv_cache, k, v, mask, kv_mask, num_queries=n)
+            m = k.shape[2]
         attn_mask = None
         row_valid = None
         if mask is not None:

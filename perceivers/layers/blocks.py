@@ -11,8 +11,9 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceivers.layers.attention import Attention, check_positive
+from perceivers.layers.attention import Attention, KVCacheLayer, check_positive
 from perceivers.layers.init import init_linear_fan_in
+from perceivers.layers.rotary import Rotary
 
 Activation = Literal["gelu_tanh", "gelu", "sq_relu", "relu"]
 ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu", "sq_relu", "relu")
@@ -112,9 +113,24 @@ class CrossAttentionBlock(nn.Module):
         self.attention.init_weights()
         self.mlp.init_weights()
 
-    def forward(self, x_q: Tensor, x_kv: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` -> ``(B, N, C_q)``."""
-        attn = self.attention_dropout(self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask))
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor,
+        mask: Tensor | None = None,
+        *,
+        q_rotary: Rotary | None = None,
+        k_rotary: Rotary | None = None,
+        kv_cache: KVCacheLayer | None = None,
+        kv_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` -> ``(B, N, C_q)``.
+
+        The keyword-only rotary and cache hooks are passed to :meth:`Attention.forward`.
+        """
+        attn = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask, q_rotary=q_rotary, k_rotary=k_rotary,
+                              kv_cache=kv_cache, kv_mask=kv_mask)
+        attn = self.attention_dropout(attn)
         x = x_q + attn if self.use_query_residual else attn
         return x + self.mlp(self.mlp_norm(x))
 
@@ -158,8 +174,21 @@ class SelfAttentionBlock(nn.Module):
         self.attention.init_weights()
         self.mlp.init_weights()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x: (B, N, C)``, optional ``mask: (B, N) | (B, N, N)`` -> ``(B, N, C)``."""
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        rotary: Rotary | None = None,
+        kv_cache: KVCacheLayer | None = None,
+        kv_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x: (B, N, C)``, optional ``mask: (B, N) | (B, N, N)`` -> ``(B, N, C)``.
+
+        ``rotary: (B, N, R)`` angles rotate both queries and keys; the cache hooks are passed to
+        :meth:`Attention.forward` (with a cache, ``mask`` covers only the new entries).
+        """
         h = self.attention_norm(x)
-        x = x + self.attention_dropout(self.attention(h, h, mask))
+        attn = self.attention(h, h, mask, q_rotary=rotary, k_rotary=rotary, kv_cache=kv_cache, kv_mask=kv_mask)
+        x = x + self.attention_dropout(attn)
         return x + self.mlp(self.mlp_norm(x))

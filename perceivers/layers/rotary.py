@@ -1,0 +1,83 @@
+"""Rotary position embeddings with the official Perceiver AR conventions.
+
+- Per head, only the first ``R = floor(head_dim * fraction / 2) * 2`` channels are rotated; the rest
+  pass through unchanged (official ``fraction_to_rotate``; every head is rotated).
+- Pairs are interleaved (GPT-J style): channels ``(2k, 2k+1)`` share a frequency and
+  ``out[2k] = x[2k] cos - x[2k+1] sin``, ``out[2k+1] = x[2k+1] cos + x[2k] sin``.
+- Wavelengths ``max_wavelength ** ((2/R) * linspace(0, R/2, R/2))``: ``linspace`` includes its endpoint,
+  so they run from exactly 1 to exactly ``max_wavelength`` (not base 10000). The angle is
+  ``position / wavelength`` (no 2*pi).
+
+Nothing here is a parameter or a buffer: angles are computed from the positions at each call (a few
+multiplications), so models built on the meta device need no re-materialisation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Rotary(NamedTuple):
+    """Cosines and sines of the rotation angles, each ``(B, T, R)`` (pair members repeated)."""
+
+    cos: Tensor
+    sin: Tensor
+
+
+def rotary_channels(head_dim: int, fraction: float) -> int:
+    """Number of rotated channels per head: ``floor(head_dim * fraction / 2) * 2``."""
+    return int(head_dim * fraction // 2) * 2
+
+
+def rotary_wavelengths(num_channels: int, max_wavelength: float, *, device=None) -> Tensor:
+    """Wavelengths ``(R/2,)`` of the rotated pairs, float32, from 1 to ``max_wavelength`` inclusive."""
+    k = num_channels // 2
+    exponent = (2.0 / num_channels) * torch.linspace(0.0, float(k), k, device=device, dtype=torch.float32)
+    return torch.tensor(float(max_wavelength), device=device, dtype=torch.float32) ** exponent
+
+
+class RotaryEmbedding(nn.Module):
+    """Maps integer positions ``(B, T)`` to :class:`Rotary` angles for heads of ``head_dim`` channels."""
+
+    def __init__(self, *, head_dim: int, max_wavelength: float, fraction: float = 0.5) -> None:
+        super().__init__()
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim={head_dim!r} is invalid: expected an int >= 1")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction={fraction!r} is invalid: expected a float in (0, 1]")
+        if rotary_channels(head_dim, fraction) < 2:
+            raise ValueError(f"fraction={fraction!r} rotates no channel pair of a {head_dim}-channel head: "
+                             f"expected head_dim * fraction >= 2")
+        if isinstance(max_wavelength, bool) or not isinstance(max_wavelength, (int, float)) or max_wavelength < 1:
+            raise ValueError(f"max_wavelength={max_wavelength!r} is invalid: expected a number >= 1")
+        self.head_dim = head_dim
+        self.fraction = fraction
+        self.num_channels = rotary_channels(head_dim, fraction)
+        self.max_wavelength = max_wavelength
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, rotated={self.num_channels}, max_wavelength={self.max_wavelength}"
+
+    def forward(self, positions: Tensor) -> Rotary:
+        """``positions: (B, T)`` (0 = padding, rotated by angle 0) -> :class:`Rotary` with ``(B, T, R)``."""
+        wavelengths = rotary_wavelengths(self.num_channels, self.max_wavelength, device=positions.device)
+        angles = positions.to(torch.float32)[..., None] / wavelengths  # (B, T, R/2)
+        angles = angles.repeat_interleave(2, dim=-1)  # (B, T, R): both members of a pair share an angle
+        return Rotary(angles.cos(), angles.sin())
+
+
+def apply_rotary(x: Tensor, rotary: Rotary) -> Tensor:
+    """Rotate the first ``R`` channels of every head. ``x: (B, H, T, D)`` -> ``(B, H, T, D)``."""
+    r = rotary.cos.shape[-1]
+    if r > x.shape[-1] or rotary.cos.shape[:2] != (x.shape[0], x.shape[2]):
+        raise ValueError(f"rotary angles of shape {tuple(rotary.cos.shape)} do not fit heads of shape "
+                         f"{tuple(x.shape)} (expected (B, T, R) with R <= head_dim)")
+    cos = rotary.cos[:, None].to(x.dtype)  # (B, 1, T, R)
+    sin = rotary.sin[:, None].to(x.dtype)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    pairs = x_rot.unflatten(-1, (r // 2, 2))  # (B, H, T, R/2, 2)
+    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (B, H, T, R)
+    return torch.cat((x_rot * cos + swapped * sin, x_pass), dim=-1)
