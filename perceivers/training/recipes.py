@@ -21,8 +21,8 @@ class DigitsRecipe:
     """Perceiver IO classifier on scikit-learn's 8x8 digits from raw pixels + 2-D Fourier features."""
 
     model: str = "perceiver-io-digits"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=80, batch_size=64, lr=2e-3,
-                                                                   weight_decay=0.05, warmup_fraction=0.05))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=80, batch_size=64, lr=1e-3,
+                                                                   weight_decay=0.05, warmup_fraction=0.1))
     max_shift: int = 1  # augmentation: random translation by up to this many pixels
 
     def run(self, out_dir: str | Path, *, progress: bool = True, log=print) -> dict[str, Any]:
