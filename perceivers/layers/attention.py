@@ -66,6 +66,22 @@ def _extend_with_cache(
     return k, v, torch.cat([past_valid[:, None, :].expand(b, num_queries, -1), new], dim=-1)
 
 
+def sdpa_mask(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """Boolean keep-mask -> (SDPA mask, row validity) without NaN for rows whose keys are all masked.
+
+    ``(B, M)`` key padding gives a ``(B, 1, 1, M)`` SDPA mask and validity ``(B, 1, 1)`` (never
+    expanded to ``(B, N, M)``); ``(B, N, M)`` gives ``(B, 1, N, M)`` and ``(B, N, 1)``. Rows with no
+    valid key attend to every key (finite) and the caller multiplies them by their validity, 0.
+    """
+    if mask is None:
+        return None, None
+    valid = mask.any(dim=-1, keepdim=True)  # (B, 1) or (B, N, 1)
+    keep = mask | ~valid
+    if mask.dim() == 2:
+        return keep[:, None, None, :], valid[:, :, None]  # (B, 1, 1, M), (B, 1, 1)
+    return keep[:, None], valid  # (B, 1, N, M), (B, N, 1)
+
+
 class Attention(nn.Module):
     """Q/K/V/O linears with bias and independent qk / v widths; heads own contiguous channel slices.
 
@@ -139,17 +155,10 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v, mask = _extend_with_cache(kv_cache, k, v, mask, kv_mask, num_queries=n)
             m = k.shape[2]
-        attn_mask = None
-        row_valid = None
-        if mask is not None:
-            full = mask[:, None, :].expand(b, n, m) if mask.dim() == 2 else mask  # (B, N, M)
-            row_valid = full.any(dim=-1)  # (B, N)
-            # Rows with no valid key attend everywhere (finite, never NaN) and are zeroed below.
-            full = full | ~row_valid[..., None]
-            attn_mask = full[:, None]  # (B, 1, N, M)
+        attn_mask, row_valid = sdpa_mask(mask)
         dropout = self.dropout_prob if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(b, n, -1)  # (B, N, H*Dv)
         if row_valid is not None:
-            out = out * row_valid[..., None].to(out.dtype)
+            out = out * row_valid.to(out.dtype)
         return self.o_proj(out)
