@@ -2,6 +2,7 @@
 
 from perceivers.hub import from_pretrained
 from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
+from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 from perceivers.models.perceiver_io import PerceiverIO
 from perceivers.registry import create_model, get_config, list_models
 
@@ -11,6 +12,8 @@ __all__ = [
     "DecoderConfig",
     "EncoderConfig",
     "ImagePreprocessorConfig",
+    "PerceiverAR",
+    "PerceiverARConfig",
     "PerceiverIO",
     "PerceiverIOConfig",
     "create_model",

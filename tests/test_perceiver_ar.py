@@ -44,6 +44,16 @@ def randomized(model: PerceiverAR, seed: int = 0) -> PerceiverAR:
 POSITIONS = ["rotary", "absolute"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny models run thousands of small ops: one intra-op thread is many times faster than
+    several on a shared CPU (thread hand-offs dominate)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(position: str = "rotary", seed: int = 0, **overrides) -> PerceiverAR:
     return randomized(PerceiverAR(tiny_ar(position_encoding=position, **overrides)), seed)
 

@@ -57,13 +57,15 @@ def check_positive(**sizes: int) -> None:
 def _extend_with_cache(
     kv_cache: KVCacheLayer, k: Tensor, v: Tensor, mask: Tensor | None, kv_mask: Tensor | None, *, num_queries: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Store the new ``k, v: (B, H, M, D)`` and return all stored ones with the mask ``(B, N, P+M)``:
-    the valid past entries, then ``mask`` (default: all) over the new ones."""
+    """Store the new ``k, v: (B, H, M, D)`` and return all stored ones with a mask over them: the
+    valid past entries, then ``mask`` (default: all) over the new ones; ``(B, P+M)`` unless ``mask``
+    is ``(B, N, M)``, then ``(B, N, P+M)``."""
     b, _, m, _ = k.shape
     k, v, past_valid = kv_cache.update(k, v, kv_mask)  # (B, H, P+M, D), (B, P)
-    new = mask if mask is not None else past_valid.new_ones(b, m)
-    new = new[:, None, :].expand(b, num_queries, m) if new.dim() == 2 else new  # (B, N, M)
-    return k, v, torch.cat([past_valid[:, None, :].expand(b, num_queries, -1), new], dim=-1)
+    if mask is None or mask.dim() == 2:
+        new = mask if mask is not None else past_valid.new_ones(b, m)
+        return k, v, torch.cat([past_valid, new], dim=-1)  # (B, P+M)
+    return k, v, torch.cat([past_valid[:, None, :].expand(b, num_queries, -1), mask], dim=-1)  # (B, N, P+M)
 
 
 def sdpa_mask(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:

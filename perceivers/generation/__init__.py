@@ -1,0 +1,17 @@
+"""Generation: fixed-size KV caches, sampling filters and the decoding loop (models only accept a cache)."""
+
+from perceivers.generation.generate import CachedDecoder, GenerationOutput, generate
+from perceivers.generation.kv_cache import LayerKVCache, PerceiverARCache
+from perceivers.generation.sampling import process_logits, sample_next, top_k_filter, top_p_filter
+
+__all__ = [
+    "CachedDecoder",
+    "GenerationOutput",
+    "LayerKVCache",
+    "PerceiverARCache",
+    "generate",
+    "process_logits",
+    "sample_next",
+    "top_k_filter",
+    "top_p_filter",
+]

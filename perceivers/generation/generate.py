@@ -1,0 +1,242 @@
+"""Autoregressive generation for Perceiver AR with a fixed-size KV cache (official ``sample_utils.py``).
+
+Decoding (:class:`CachedDecoder`), with ``S = cache_latents`` latent slots (even) and ``C =
+max_context_length`` input slots:
+
+1. *Full pass* over the prompts with ``n = S/2`` latents fills every cache (a prompt shorter than
+   ``n`` leaves invalid latent slots, which nothing attends: it behaves as a pass with fewer latents).
+2. Each later token is fed alone: its K/V join the cross-attention cache, its latent the latent
+   caches, so it attends to every latent cached since the last full pass.
+3. When a cache is full (``S`` latent slots, or ``C`` input slots) the caches are reset and a full
+   pass over the current sequences with ``n = S/2`` latents refills them (official reset rule: "fill
+   half the memory"). A latent therefore sees between ``S/2`` and ``S`` latents (fewer only right
+   after a short prompt), as in training with ``N = S`` (default ``S = num_latents``).
+
+The latent schedule depends only on ``S`` and the number of steps, so while no input cache fills
+(every sequence shorter than ``C - S/2``) an example's tokens do not depend on the other prompts of
+its batch. After that the batch resets together as soon as its widest window is full.
+
+The logits of every step equal an uncached ``model(seq[w:T], num_latents=T - a)[:, -1]`` where
+``T`` is the current length, ``a`` the first latent position since the last full pass and ``w`` the
+window start (``decoder.latent_start``, ``decoder.window_start``).
+
+Sequences longer than ``C``: a full pass over ``T > C`` tokens keeps the last ``C - S/2`` (a sliding
+window whose positions restart at 1, so they stay inside the trained range). A *prompt* longer than
+``C`` is an error (``ValueError`` naming ``prompt``), never silently truncated: slice it yourself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from perceivers.generation.kv_cache import PerceiverARCache
+from perceivers.generation.sampling import check_sampling_args, sample_next
+
+
+@dataclass
+class GenerationOutput:
+    """``sequences: (B, T)`` prompt + generated ids, right-padded with ``pad_token_id``; ``lengths: (B,)``;
+    ``num_generated: (B,)`` (an EOS is included); ``logits: (B, steps, V)`` the logits each generated
+    token was chosen from (``output_logits=True``, not for beam search); ``scores: (B,)`` the
+    length-normalised log-probability of the chosen beam (beam search only)."""
+
+    sequences: Tensor
+    lengths: Tensor
+    num_generated: Tensor
+    logits: Tensor | None = None
+    scores: Tensor | None = None
+
+
+class CachedDecoder:
+    """Feeds a batch of growing sequences to a Perceiver AR model through a :class:`PerceiverARCache`."""
+
+    def __init__(self, model: Any, prompt: Tensor, lengths: Tensor, *, max_new_tokens: int, cache_latents: int) -> None:
+        b, m = prompt.shape
+        self.model = model
+        self.context = model.config.max_context_length
+        self.latent_capacity = cache_latents
+        self.tokens = torch.zeros(b, m + max_new_tokens, dtype=torch.long, device=prompt.device)
+        self.tokens[:, :m] = prompt.long() * (torch.arange(m, device=prompt.device) < lengths[:, None])
+        self.lengths = lengths.clone().long()
+        self.cache = PerceiverARCache.for_model(model, batch_size=b, latent_capacity=cache_latents,
+                                                device=prompt.device)
+        self.window_start = torch.zeros_like(self.lengths)
+        self.latent_start = torch.zeros_like(self.lengths)
+        self.num_full_passes = 0
+
+    def full_pass(self) -> Tensor:
+        """Reset the caches and refill them from the current sequences. ``-> (B, V)`` next-token logits."""
+        t, s, c = self.lengths, self.latent_capacity, self.context
+        start = torch.where(t > c, t - (c - s // 2), torch.zeros_like(t))  # sliding window beyond C
+        window = t - start
+        n = s // 2  # windows shorter than n get invalid latents: they count as slots but are never attended
+        width = max(int(window.max()), n)
+        index = start[:, None] + torch.arange(width, device=t.device)  # (B, W)
+        ids = self.tokens.gather(1, index.clamp(max=self.tokens.shape[1] - 1))
+        ids = ids * (index < t[:, None])  # right padding
+        self.cache.reset()
+        logits = self.model(ids, window, num_latents=n, cache=self.cache)[:, -1]
+        self.window_start, self.latent_start = start, torch.maximum(start, t - n)
+        self.num_full_passes += 1
+        return logits
+
+    def append(self, next_tokens: Tensor) -> Tensor:
+        """Append ``next_tokens: (B,)`` to every sequence. ``-> (B, V)`` logits for the token after it."""
+        rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
+        self.tokens[rows, self.lengths] = next_tokens
+        self.lengths = self.lengths + 1
+        if self.cache.latents[0].free == 0 or self.cache.cross.free == 0:
+            return self.full_pass()
+        return self.model(next_tokens[:, None], cache=self.cache)[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep/duplicate sequences ``index: (B',)`` (beam search)."""
+        self.tokens, self.lengths = self.tokens[index], self.lengths[index]
+        self.window_start, self.latent_start = self.window_start[index], self.latent_start[index]
+        self.cache.reorder(index)
+
+
+def _prompt_tensor(prompt: Any, prompt_lengths: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A right-padded ``(B, L)`` long tensor and its lengths ``(B,)`` from a tensor or lists of ids."""
+    if isinstance(prompt, Tensor):
+        if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+            raise TypeError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
+        ids = prompt[None] if prompt.dim() == 1 else prompt
+        if ids.dim() != 2:
+            raise ValueError(f"prompt must have shape (B, L) or (L,), got {tuple(prompt.shape)}")
+        ids = ids.to(device=device, dtype=torch.long)
+        if prompt_lengths is None:
+            lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=device)
+        else:
+            lengths = torch.as_tensor(prompt_lengths, device=device)
+            if lengths.dtype.is_floating_point or tuple(lengths.shape) != (ids.shape[0],):
+                raise ValueError(f"prompt_lengths must be {ids.shape[0]} integers, got {prompt_lengths!r}")
+            if lengths.numel() and int(lengths.max()) > ids.shape[1]:
+                raise ValueError(f"prompt_lengths exceed the prompt width {ids.shape[1]}: {lengths.tolist()}")
+        return ids, lengths.long()
+    if prompt_lengths is not None:
+        raise ValueError("prompt_lengths is only for a padded tensor prompt; lists carry their own lengths")
+    if not isinstance(prompt, Sequence) or isinstance(prompt, str) or not prompt:
+        raise TypeError(f"prompt must be a tensor of token ids or a non-empty list of lists of ints, got {prompt!r}")
+    rows = [list(p) if isinstance(p, Sequence) and not isinstance(p, str) else None for p in prompt]
+    if any(r is None or any(isinstance(t, bool) or not isinstance(t, int) for t in r) for r in rows):
+        raise TypeError("prompt must be a list of lists of int token ids")
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return ids.to(device), torch.tensor([len(r) for r in rows], device=device)
+
+
+def _check_prompt(ids: Tensor, lengths: Tensor, config: Any) -> None:
+    if ids.numel() == 0 or int(lengths.min()) < 1:
+        raise ValueError(f"prompt is empty (lengths {lengths.tolist()}): every prompt needs at least one token, "
+                         "e.g. the SOS id")
+    valid = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]
+    bad = valid & ((ids < 0) | (ids >= config.vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"prompt holds ids outside the vocabulary [0, {config.vocab_size}): "
+                         f"{sorted(set(ids[bad].tolist()))[:8]}")
+    if int(lengths.max()) > config.max_context_length:
+        raise ValueError(f"prompt has {int(lengths.max())} tokens, more than max_context_length="
+                         f"{config.max_context_length}; keep its last {config.max_context_length} tokens")
+
+
+def _check_int_arg(name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} is invalid: expected an int >= {minimum}")
+
+
+def _check_args(model: Any, *, max_new_tokens: Any, num_beams: Any, do_sample: Any, eos_token_id: Any,
+                pad_token_id: Any, cache_latents: Any, generator: Any, longest: int) -> int:
+    """Validate; returns the latent cache size ``S``."""
+    c = model.config
+    if model.training:
+        raise ValueError("generate needs an evaluation-mode model: call model.eval() first")
+    _check_int_arg("max_new_tokens", max_new_tokens, 0)
+    _check_int_arg("num_beams", num_beams, 1)
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
+    if do_sample and num_beams > 1:
+        raise ValueError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
+    for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        _check_int_arg(name, value, 0, optional=name == "eos_token_id")
+        if value is not None and value >= c.vocab_size:
+            raise ValueError(f"{name}={value} is outside the vocabulary [0, {c.vocab_size})")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    s = cache_latents if cache_latents is not None else max(2, c.num_latents - c.num_latents % 2)
+    _check_int_arg("cache_latents", s, 2)
+    if s % 2 or s > c.max_context_length:
+        raise ValueError(f"cache_latents={s} is invalid: expected an even int in [2, max_context_length="
+                         f"{c.max_context_length}]")
+    if c.position_grid is not None and longest + max_new_tokens > c.max_context_length:
+        raise ValueError(f"max_new_tokens={max_new_tokens} would run past the position grid {c.position_grid} "
+                         f"(prompt of {longest} tokens, max_context_length={c.max_context_length})")
+    return s
+
+
+@torch.no_grad()
+def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_lengths: Tensor | Sequence[int] | None = None,
+             *, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, num_beams: int = 1, length_penalty: float = 1.0,
+             eos_token_id: int | None = None, pad_token_id: int = 0, cache_latents: int | None = None,
+             generator: torch.Generator | None = None, output_logits: bool = False) -> GenerationOutput:
+    """Continue each prompt by up to ``max_new_tokens`` tokens with cached decoding.
+
+    ``prompt``: ``(B, L)`` ids right-padded with ``prompt_lengths`` (default all ``L``), ``(L,)``, or a
+    list of id lists of different lengths. Greedy by default; ``do_sample`` samples with
+    ``temperature``, ``top_k``, ``top_p`` (:mod:`perceivers.generation.sampling`) from ``generator``
+    (seed it for reproducible output); ``num_beams > 1`` runs beam search (scores divided by
+    ``generated_length ** length_penalty``). An example stops after emitting ``eos_token_id``;
+    ``cache_latents``: latent cache size ``S`` (even, default ``num_latents``).
+    """
+    check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
+    device = next(model.parameters()).device
+    ids, lengths = _prompt_tensor(prompt, prompt_lengths, device)
+    _check_prompt(ids, lengths, model.config)
+    s = _check_args(model, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, cache_latents=cache_latents,
+                    generator=generator, longest=int(lengths.max()))
+    if num_beams > 1:
+        from perceivers.generation.beam import beam_search
+
+        return beam_search(model, ids, lengths, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                           length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                           cache_latents=s)
+    decoder = CachedDecoder(model, ids, lengths, max_new_tokens=max_new_tokens, cache_latents=s)
+    b = ids.shape[0]
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    generated = torch.zeros(b, dtype=torch.long, device=device)
+    steps: list[Tensor] = []
+    logits = decoder.full_pass() if max_new_tokens > 0 else None
+    for step in range(max_new_tokens):
+        assert logits is not None
+        if output_logits:
+            steps.append(logits.float())
+        token = sample_next(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                            generator=generator)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        generated += (~finished).long()
+        if eos_token_id is not None:
+            finished = finished | (token == eos_token_id)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            rows = torch.arange(b, device=device)
+            decoder.tokens[rows, decoder.lengths] = token  # the last token needs no forward pass
+            break
+        logits = decoder.append(token)
+    total = lengths + generated
+    width = int(total.max())
+    sequences = decoder.tokens[:, :width].clone()
+    sequences[torch.arange(width, device=device) >= total[:, None]] = pad_token_id
+    return GenerationOutput(sequences=sequences, lengths=total, num_generated=generated,
+                            logits=torch.stack(steps, dim=1) if output_logits and steps else None)
