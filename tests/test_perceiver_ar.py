@@ -90,13 +90,19 @@ def test_rotary_padding_position_is_identity_and_scores_are_relative():
     x = torch.randn(1, 2, 1, 8)
     torch.testing.assert_close(apply_rotary(x, emb(torch.tensor([[0]]))), x)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    score = lambda p, r: (apply_rotary(q, emb(torch.tensor([[p]]))) * apply_rotary(k, emb(torch.tensor([[r]])))).sum()  # noqa: E731
+
+    def score(p, r):
+        return (apply_rotary(q, emb(torch.tensor([[p]]))) * apply_rotary(k, emb(torch.tensor([[r]])))).sum()
+
     torch.testing.assert_close(score(7, 3), score(12, 8), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(score(7, 3), score(7, 5))
 
 
 @pytest.mark.parametrize("kwargs, field", [
-    (dict(head_dim=0, max_wavelength=8), "head_dim"), (dict(head_dim=8, max_wavelength=8, fraction=0.0), "fraction"),
-    (dict(head_dim=8, max_wavelength=8, fraction=1.5), "fraction"), (dict(head_dim=2, max_wavelength=8, fraction=0.5), "fraction"),
+    (dict(head_dim=0, max_wavelength=8), "head_dim"),
+    (dict(head_dim=8, max_wavelength=8, fraction=0.0), "fraction"),
+    (dict(head_dim=8, max_wavelength=8, fraction=1.5), "fraction"),
+    (dict(head_dim=2, max_wavelength=8, fraction=0.5), "fraction"),
     (dict(head_dim=8, max_wavelength=0), "max_wavelength"),
 ])
 def test_rotary_errors_name_the_argument(kwargs, field):
