@@ -51,3 +51,4 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
     shifted = padded.gather(2, rows)  # (B, C, H, W + 2s)
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, images.shape[1], h, w)
     return shifted.gather(3, cols)
+

@@ -64,6 +64,6 @@ def perceiver_io_digits() -> PerceiverIOConfig:
                                    num_channels=32, position_encoding="fourier", num_bands=8, max_resolution=(8, 8))
     encoder = EncoderConfig(num_latents=16, num_latent_channels=128, num_blocks=2, num_self_attends_per_block=2,
                             num_cross_attend_heads=1, num_self_attend_heads=4, self_attend_widening_factor=2,
-                            cross_attend_widening_factor=2)
+                            cross_attend_widening_factor=2, dropout_prob=0.1)
     decoder = DecoderConfig(type="classification", num_outputs=10, num_query_channels=128, use_query_residual=True)
     return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=decoder)
