@@ -1,4 +1,4 @@
-"""The ``perceivers`` command line: ``train``, ``eval``, ``models``."""
+"""The ``perceivers`` command line: ``train``, ``eval``, ``models``, ``generate``."""
 
 from __future__ import annotations
 
@@ -11,26 +11,58 @@ from perceivers import __version__
 
 _TRAIN_FIELDS = {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "seed": int,
                  "warmup_fraction": float, "label_smoothing": float, "grad_clip": float, "device": str}
+_TEXT_TRAIN_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "seed", "warmup_fraction", "grad_clip", "device")
+_ONLY = {"digits": ("epochs", "label_smoothing", "max_shift"),
+         "text": ("steps", "context", "latents", "channels", "layers", "heads", "eval_windows", "data_root", "include_tests")}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a recipe on its embedded data",
-        description="Train a recipe, evaluate it on its fixed test split and save the model (config.json + "
+        description="Train a recipe, evaluate it on its fixed held-out split and save the model (config.json + "
                     "model.safetensors) and metrics.json under --out.",
 )
-    p.add_argument("recipe", choices=["digits"], help="digits: Perceiver IO on scikit-learn's 1,797 real 8x8 digits")
+    p.add_argument("recipe", choices=["digits", "text"],
+                   help="digits: Perceiver IO on scikit-learn's 1,797 real 8x8 digits; text: byte-level Perceiver "
+                        "AR on the Python standard library's sources")
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE)")
-    from perceivers.training.recipes import DigitsRecipe
+    from perceivers.training.recipes import DigitsRecipe, TextRecipe
 
-    defaults = DigitsRecipe()
+    defaults, text = DigitsRecipe(), TextRecipe()
     for name, typ in _TRAIN_FIELDS.items():
+        shared = f", text default: {getattr(text.train, name)}" if name in _TEXT_TRAIN_FIELDS else " (digits only)"
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
-                       help=f"override {name} (digits default: {getattr(defaults.train, name)})")
+                       help=f"override {name} (digits default: {getattr(defaults.train, name)}{shared})")
     p.add_argument("--max-shift", type=int, default=None,
                    help=f"augmentation: random shift in pixels, 0 = off (digits default: {defaults.max_shift})")
+    p.add_argument("--steps", type=int, default=None, help=f"text: training steps (default {text.train.steps})")
+    p.add_argument("--context", type=int, default=None, help="text: context length M (default 1024)")
+    p.add_argument("--latents", type=int, default=None, help="text: number of latents N (default 128)")
+    p.add_argument("--channels", type=int, default=None, help="text: model width (default 192)")
+    p.add_argument("--layers", type=int, default=None, help="text: self-attention layers (default 4)")
+    p.add_argument("--heads", type=int, default=None, help="text: attention heads (default 6)")
+    p.add_argument("--eval-windows", type=int, default=None,
+                   help=f"text: fixed validation windows (default {text.eval_windows})")
+    p.add_argument("--data-root", default=None, help="text: folder of *.py files (default: the Python stdlib)")
+    p.add_argument("--include-tests", action="store_true", default=None, help="text: keep the stdlib test suites")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="stream text from a byte-level Perceiver AR checkpoint",
+                       description="Continue --prompt with a byte-level Perceiver AR model (e.g. from `perceivers "
+                                   "train text`), printing each token as soon as it is produced.")
+    p.add_argument("--checkpoint", required=True, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--prompt", default="", help="text to continue (an SOS token is prepended)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -55,19 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_models(sub)
+    _add_generate(sub)
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _set_threads(threads: int | None) -> None:
     import torch
 
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from perceivers.training.recipes import RECIPES
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
+    for recipe_name, names in _ONLY.items():
+        given = [n for n in names if getattr(args, n) is not None]
+        if recipe_name != args.recipe and given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} to `train {recipe_name}`")
     recipe = RECIPES[args.recipe]()
+    if args.recipe == "text":
+        changes = {k: getattr(args, k) for k in _TEXT_TRAIN_FIELDS if getattr(args, k) is not None}
+        fields = {"context": args.context, "num_latents": args.latents, "channels": args.channels,
+                  "num_layers": args.layers, "num_heads": args.heads, "eval_windows": args.eval_windows, "data_root": args.data_root,
+                  "include_tests": args.include_tests}
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes),
+                                     **{k: v for k, v in fields.items() if v is not None})
+        recipe.run(args.out or "runs/text", progress=not args.no_progress)
+        return 0
     changes = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes))
     if args.max_shift is not None:
@@ -75,6 +126,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-shift must be >= 0, got {args.max_shift}")
         recipe = dataclasses.replace(recipe, max_shift=args.max_shift)
     recipe.run(args.out or f"runs/{args.recipe}", progress=not args.no_progress)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import codecs
+
+    import torch
+
+    from perceivers.data.text import EOS_ID, VOCAB_SIZE, encode
+    from perceivers.hub import from_pretrained
+    from perceivers.models.perceiver_ar import PerceiverAR
+
+    _set_threads(args.threads)
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    model = from_pretrained(args.checkpoint, device=args.device)
+    if not isinstance(model, PerceiverAR) or model.config.vocab_size != VOCAB_SIZE:
+        raise ValueError(f"{args.checkpoint} is not a byte-level Perceiver AR checkpoint (vocab {VOCAB_SIZE})")
+    prompt = encode(args.prompt, sos=True)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def stream(tokens: torch.Tensor) -> None:
+        token = int(tokens[0])
+        if token >= 3:
+            sys.stdout.write(decoder.decode(bytes([token - 3])))
+            sys.stdout.flush()
+
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    model.generate([prompt], max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=EOS_ID,
+                   generator=generator, streamer=stream)
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    sys.stdout.flush()
     return 0
 
 
@@ -107,7 +193,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "generate": cmd_generate}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

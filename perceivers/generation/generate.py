@@ -27,7 +27,7 @@ window whose positions restart at 1, so they stay inside the trained range). A *
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +190,8 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
              *, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, num_beams: int = 1, length_penalty: float = 1.0,
              eos_token_id: int | None = None, pad_token_id: int = 0, cache_latents: int | None = None,
-             generator: torch.Generator | None = None, output_logits: bool = False) -> GenerationOutput:
+             generator: torch.Generator | None = None, output_logits: bool = False,
+             streamer: Callable[[Tensor], None] | None = None) -> GenerationOutput:
     """Continue each prompt by up to ``max_new_tokens`` tokens with cached decoding.
 
     ``prompt``: ``(B, L)`` ids right-padded with ``prompt_lengths`` (default all ``L``), ``(L,)``, or a
@@ -198,7 +199,9 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
     ``temperature``, ``top_k``, ``top_p`` (:mod:`perceivers.generation.sampling`) from ``generator``
     (seed it for reproducible output); ``num_beams > 1`` runs beam search (scores divided by
     ``generated_length ** length_penalty``). An example stops after emitting ``eos_token_id``;
-    ``cache_latents``: latent cache size ``S`` (even, default ``num_latents``).
+    ``cache_latents``: latent cache size ``S`` (even, default ``num_latents``). ``streamer`` (not with
+    beam search) is called with each step's tokens ``(B,)`` as soon as they are chosen
+    (``pad_token_id`` for examples that already ended).
     """
     check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
     device = next(model.parameters()).device
@@ -207,7 +210,11 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
     s = _check_args(model, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, cache_latents=cache_latents,
                     generator=generator, longest=int(lengths.max()))
+    if streamer is not None and not callable(streamer):
+        raise TypeError(f"streamer must be callable, got {type(streamer).__name__}")
     if num_beams > 1:
+        if streamer is not None:
+            raise ValueError("streamer is not supported with beam search (num_beams > 1): beams change until the end")
         from perceivers.generation.beam import beam_search
 
         return beam_search(model, ids, lengths, num_beams=num_beams, max_new_tokens=max_new_tokens,
@@ -227,6 +234,8 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
                             generator=generator)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         generated += (~finished).long()
+        if streamer is not None:
+            streamer(token)
         if eos_token_id is not None:
             finished = finished | (token == eos_token_id)
         if step == max_new_tokens - 1 or bool(finished.all()):

@@ -32,3 +32,13 @@ def perceiver_ar_debug() -> PerceiverARConfig:
         num_self_attend_layers=2, num_cross_attend_heads=2, num_self_attend_heads=2,
         cross_attend_widening_factor=2, self_attend_widening_factor=2,
     )
+
+
+@register_model("perceiver-ar-stdlib-bytes", model_cls=PerceiverAR, num_parameters=2_361_859)
+def perceiver_ar_stdlib_bytes() -> PerceiverARConfig:
+    """Byte-level Perceiver AR of `perceivers train text`: 1,024 context, 128 latents, 4 x 192, 2,361,859 params."""
+    return PerceiverARConfig(
+        vocab_size=259, max_context_length=1024, num_latents=128, num_channels=192, num_latent_channels=192,
+        num_self_attend_layers=4, num_cross_attend_heads=6, num_self_attend_heads=6,
+        cross_attend_widening_factor=4, self_attend_widening_factor=4,
+    )
