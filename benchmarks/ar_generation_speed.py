@@ -1,0 +1,159 @@
+"""Perceiver AR generation speed: tokens/s for new tokens after a long prompt, vs the PyTorch peers.
+
+Same shape for every model (random weights; speed does not depend on them): byte vocabulary 259,
+``--channels`` wide, ``--heads`` heads, ``--layers`` latent self-attention layers, ``--latents`` latents
+over a ``--prompt-len`` prompt, greedy decoding of ``--new-tokens`` tokens, batch 1, float32.
+
+- perceivers: ``model.generate`` (fixed-size KV cache). ``--cache-latents`` defaults to ``2 * latents``
+  so the prompt pass uses the same ``latents`` latents as the peers (the official half-fill rule).
+- krasserm perceiver-io (optional): ``CausalSequenceModel`` with its append-only KV cache, stepped as its
+  Hugging Face ``prepare_inputs_for_generation`` does (latents capped at ``max_latents``, the oldest
+  latent moving into the prefix). Install: ``pip install perceiver-io==0.11.0 --no-deps
+  --ignore-requires-python einops fairscale`` (its metadata pins old dependencies).
+- lucidrains perceiver-ar-pytorch (optional): no cache, so every token reruns the model on the whole
+  window, as its ``AutoregressiveWrapper.generate``; timed on the first ``--lucidrains-tokens`` tokens
+  only (its per-token cost is flat) and reported per token.
+
+Per-token time is the gap between consecutive tokens; "start" / "end" are the means over the first and
+last ``--window`` decode steps (flat = end/start near 1). The prompt pass is reported separately.
+Run: ``python benchmarks/ar_generation_speed.py --threads 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def summarise(name: str, prefill_s: float, gaps: list[float], window: int) -> dict:
+    k = min(window, len(gaps))
+    start, end = sum(gaps[:k]) / k, sum(gaps[-k:]) / k
+    return {"model": name, "prefill_s": prefill_s, "decode_tokens": len(gaps),
+            "tokens_per_s": len(gaps) / sum(gaps), "ms_per_token_start": 1e3 * start,
+            "ms_per_token_end": 1e3 * end, "end_over_start": end / start}
+
+
+def bench_perceivers(args, prompt: torch.Tensor) -> dict:
+    from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
+
+    config = PerceiverARConfig(
+        vocab_size=259, max_context_length=args.prompt_len + args.new_tokens, num_latents=args.latents,
+        num_channels=args.channels, num_latent_channels=args.channels, num_self_attend_layers=args.layers,
+        num_cross_attend_heads=args.heads, num_self_attend_heads=args.heads)
+    model = PerceiverAR(config).eval()
+
+    def run(new_tokens: int) -> tuple[float, list[float]]:
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+        model.generate(prompt, max_new_tokens=new_tokens, cache_latents=args.cache_latents or 2 * args.latents,
+                       streamer=lambda token: stamps.append(time.perf_counter()))
+        return t0, stamps
+
+    run(3)  # warm-up
+    t0, stamps = run(args.new_tokens)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return summarise("perceivers", stamps[0] - t0, gaps, args.window)
+
+
+def bench_krasserm(args, prompt: torch.Tensor) -> dict:
+    from perceiver.model.core.config import CausalSequenceModelConfig
+    from perceiver.model.core.modules import CausalSequenceModel
+
+    config = CausalSequenceModelConfig(
+        vocab_size=259, max_seq_len=args.prompt_len + args.new_tokens, max_latents=args.latents,
+        num_channels=args.channels, num_heads=args.heads, num_self_attention_layers=args.layers,
+        cross_attention_dropout=0.0)
+    model = CausalSequenceModel(config).eval()
+    run_krasserm(model, args, prompt, 3)  # warm-up
+    t0, stamps = run_krasserm(model, args, prompt, args.new_tokens)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return summarise("krasserm perceiver-io 0.11 (KV cache)", stamps[0] - t0, gaps, args.window)
+
+
+@torch.no_grad()
+def run_krasserm(model, args, prompt: torch.Tensor, new_tokens: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    prefix = args.prompt_len - args.latents
+    out = model(prompt, prefix_len=prefix, kv_cache=[])
+    cache, stamps = out.kv_cache, []
+    for step in range(new_tokens):
+        token = out.logits[:, -1].argmax(-1)
+        stamps.append(time.perf_counter())
+        if step == new_tokens - 1:
+            break
+        if cache[0][0].shape[1] + 1 - prefix > args.latents:  # keep max_latents latents (HF wrapper rule)
+            prefix += 1
+            cache = [cache[0]] + [(k[:, -(args.latents - 1):], v[:, -(args.latents - 1):]) for k, v in cache[1:]]
+        out = model(token[:, None], prefix_len=prefix, kv_cache=cache)
+        cache = out.kv_cache
+    return t0, stamps
+
+
+def bench_lucidrains(args, prompt: torch.Tensor) -> dict:
+    from perceiver_ar_pytorch import PerceiverAR
+
+    model = PerceiverAR(num_tokens=259, dim=args.channels, depth=args.layers,
+                        max_seq_len=args.prompt_len + args.new_tokens, cross_attn_seq_len=args.prompt_len - args.latents,
+                        dim_head=args.channels // args.heads, heads=args.heads).eval()
+
+    @torch.no_grad()
+    def run(new_tokens: int) -> tuple[float, list[float]]:
+        seq, stamps = prompt, []
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            token = model(seq)[:, -1].argmax(-1)  # reruns the whole window: no cache
+            stamps.append(time.perf_counter())
+            seq = torch.cat([seq, token[:, None]], dim=1)
+        return t0, stamps
+
+    run(2)  # warm-up
+    t0, stamps = run(min(args.lucidrains_tokens, args.new_tokens))
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return summarise("lucidrains perceiver-ar-pytorch 0.0.10 (no cache)", stamps[0] - t0, gaps, args.window)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompt-len", type=int, default=4096)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--latents", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--channels", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--cache-latents", type=int, default=None, help="perceivers cache size S (default 2 * latents)")
+    p.add_argument("--lucidrains-tokens", type=int, default=12)
+    p.add_argument("--window", type=int, default=16, help="steps averaged for start/end per-token times")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip", nargs="*", default=[], choices=["krasserm", "lucidrains"])
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    prompt = torch.randint(3, 259, (1, args.prompt_len))
+    print(f"prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.latents} latents, {args.layers} layers, "
+          f"{args.channels} channels, {args.heads} heads, {args.threads} CPU thread(s), torch {torch.__version__}")
+    results = [bench_perceivers(args, prompt)]
+    for name, fn in (("krasserm", bench_krasserm), ("lucidrains", bench_lucidrains)):
+        if name in args.skip:
+            continue
+        try:
+            results.append(fn(args, prompt))
+        except ImportError as exc:
+            print(f"skipping {name}: cannot import it ({exc}); see the module doc for the install command")
+    ours = results[0]
+    print(f"{'model':<52} {'prefill s':>9} {'tok/s':>8} {'ms/tok start':>12} {'ms/tok end':>10} {'end/start':>9} "
+          f"{'ours x':>7}")
+    for r in results:
+        r["perceivers_speedup"] = ours["tokens_per_s"] / r["tokens_per_s"]
+        print(f"{r['model']:<52} {r['prefill_s']:>9.2f} {r['tokens_per_s']:>8.2f} {r['ms_per_token_start']:>12.1f} "
+              f"{r['ms_per_token_end']:>10.1f} {r['end_over_start']:>9.2f} {r['perceivers_speedup']:>7.1f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
