@@ -73,6 +73,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device")
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert official checkpoints to our folder format",
+                       description="Convert foreign checkpoints into a perceivers folder (config.json + "
+                                   "model.safetensors).")
+    conv = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    h = conv.add_parser("haiku", help="an official DeepMind Haiku parameter file (.pystate / .pickle)",
+                        description="Read an official Haiku parameter pickle with a restricted unpickler (dicts, "
+                                    "numpy arrays and Haiku FlatMapping only) and write our folder. ImageNet "
+                                    "classifiers are recognised automatically.")
+    h.add_argument("params", help="path of the official parameter file")
+    h.add_argument("out", help="output folder")
+    h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models with parameter counts",
                        description="List the model registry; counts are computed on the meta device (no memory).")
@@ -87,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_models(sub)
+    _add_convert(sub)
     _add_generate(sub)
     return parser
 
@@ -178,6 +193,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from perceivers.converters.haiku import convert_haiku_file
+
+    model = convert_haiku_file(args.params, args.model)
+    out = model.save_pretrained(args.out)
+    print(f"converted {args.params} ({model.num_parameters():,} parameters) -> {out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from perceivers.registry import create_model, get_entry, list_models
 
@@ -193,7 +217,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "generate": cmd_generate}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "generate": cmd_generate,
+                "convert": cmd_convert}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
