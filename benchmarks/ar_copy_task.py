@@ -32,13 +32,13 @@ def mirrored(batch: int, length: int, g: torch.Generator) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--length", type=int, default=256, help="sequence length S (even)")
-    p.add_argument("--latents", type=int, default=128)
+    p.add_argument("--length", type=int, default=64, help="sequence length S (even)")
+    p.add_argument("--latents", type=int, default=32)
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-sequences", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
