@@ -33,7 +33,8 @@ def inputs(batch: int = 2) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ["hip-16", "hip-256", "hip-mini", "hip-mini-class-bottleneck", "hip-16x3",
-                                  "hip-debug"])
+                                  "hip-debug", "hip-perceiver-io-mini", "hip-perceiver-io-c-50m",
+                                  "hip-perceiver-io-c-150m"])
 def test_variant_counts_on_meta(name):
     m = create_model(name, device="meta")
     assert all(p.is_meta for p in m.parameters())
@@ -237,3 +238,17 @@ def test_bad_inputs_name_the_modality():
     one_slot = HiP(tiny(num_position_slots=1))
     with pytest.raises(ValueError, match="num_position_slots=1"):
         one_slot(inputs())
+
+
+def test_perceiver_io_baseline_concatenates_modalities():
+    config = tiny(num_groups=(1,), num_self_attend_layers=(1,), num_latents=(6,), num_channels=(8,),
+                  num_self_attend_heads=(2,), num_cross_attend_heads=(2,))
+    model = HiP(config).eval()
+    _perturb_unembedders(model)
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0]))
+    out = model(inputs())
+    assert seen["x"].shape == (2, 1, 35, 8) and not model.blocks[0].regroup_inputs
+    assert out["input_reconstruction"]["image"].shape == (2, 30, 3)
+    assert out["input_reconstruction"]["label"].shape == (2, 5, 2)
+    assert out["latents"]["image"].shape == (2, 6, 8) and out["latents"]["label"].shape == (2, 0, 8)

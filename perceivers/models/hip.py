@@ -11,6 +11,10 @@ call) follow the *insertion order of the input dict* of each call, as the offici
 eagerly. ``jax.jit`` sorts dict keys, so to match jitted official runs set
 ``sort_modalities=True`` (or pass the dict sorted by name).
 
+**Perceiver IO baselines.** With a single block (``num_groups=(1,)``) the model is the HiP
+repository's "slightly improved" Perceiver IO: all modalities concatenated into one group
+(``ConcatenateGrouper``), one block, the same reconstruction head and unembedders.
+
 **Class bottleneck.** With ``label_modalities`` (official ``HiPClassBottleneck``) the labels skip the
 encoder: each is embedded to the processor's input width, gets its own position table (no
 projection) and is concatenated after the regrouped latents as extra processor keys/values. A
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 from perceivers.hub import PretrainedMixin, register_model_type
 from perceivers.layers.init import init_linear_fan_in, init_zeros
 from perceivers.models.hip_blocks import (GroupPlan, HiPBlock, ReconstructionHead, group, init_table_fan_in,
-                                          plan_groups, regroup, ungroup)
+                                          plan_concatenate, plan_groups, regroup, ungroup)
 from perceivers.models.hip_config import HiPConfig
 
 
@@ -104,7 +108,8 @@ class HiP(PretrainedMixin, nn.Module):
         """Validate the call's modalities; return (non-label names, label names) in processing order."""
         c = self.config
         if not isinstance(inputs, dict) or not inputs:
-            raise TypeError(f"inputs must be a non-empty dict modality -> (B, M, C) tensor, got {type(inputs).__name__}")
+            raise TypeError(f"inputs must be a non-empty dict modality -> (B, M, C) tensor, got "
+                            f"{type(inputs).__name__}")
         names = sorted(inputs) if c.sort_modalities else list(inputs)
         batch = None
         for name in names:
@@ -144,7 +149,10 @@ class HiP(PretrainedMixin, nn.Module):
         return z, queries
 
     def group_plan(self, lengths: dict[str, int]) -> GroupPlan:
-        """The ``ConstNumGrouper`` layout of modalities with these lengths (in call order)."""
+        """The ``ConstNumGrouper`` layout of modalities with these lengths (in call order); with a single
+        block (the official Perceiver IO baselines) the ``ConcatenateGrouper`` layout."""
+        if len(self.config.num_groups) == 1:
+            return plan_concatenate(lengths)
         return plan_groups(lengths, self.config.num_groups[0])
 
     # ----------------------------------------------------------------------------------------- forward

@@ -70,6 +70,7 @@ class GroupPlan:
 
     modalities: tuple[ModalityGroups, ...]
     tokens_per_group: int
+    concatenated: bool = False  # ConcatenateGrouper (Perceiver IO): one group, modalities along the index axis
 
     @property
     def num_groups(self) -> int:
@@ -105,9 +106,17 @@ def plan_groups(lengths: dict[str, int], num_groups: int) -> GroupPlan:
     return GroupPlan(tuple(mods), tokens)
 
 
+def plan_concatenate(lengths: dict[str, int]) -> GroupPlan:
+    """Official ``ConcatenateGrouper`` (Perceiver IO baselines): all modalities in one group, in order."""
+    return GroupPlan(tuple(ModalityGroups(m, n, 0, 1, 0, 0) for m, n in lengths.items()), sum(lengths.values()),
+                     concatenated=True)
+
+
 def group(plan: GroupPlan, inputs: dict[str, Tensor]) -> Tensor:
     """``{m: (B, M_m, C)}`` -> ``(B, G, T, C)``: per modality pad the end, split into its groups, pad
     each group to ``T`` tokens (zeros, never masked), then concatenate modalities on the group axis."""
+    if plan.concatenated:
+        return torch.cat([inputs[m.name] for m in plan.modalities], dim=1).unsqueeze(1)  # (B, 1, sum M, C)
     parts = []
     for m in plan.modalities:
         x = F.pad(inputs[m.name], (0, 0, 0, m.final_padding))  # (B, M + final, C)
@@ -120,9 +129,16 @@ def group(plan: GroupPlan, inputs: dict[str, Tensor]) -> Tensor:
 def ungroup(plan: GroupPlan, x: Tensor) -> dict[str, Tensor]:
     """``(B, G, N, C)`` -> ``{m: (B, L_m, C)}``: per modality take its groups, drop ``group_padding``
     rows from the end of each group, flatten, drop ``final_padding``. With ``N = T`` this inverts
-    :func:`group`; for latents (``N != T``) the lengths are bookkeeping artefacts, as officially."""
+    :func:`group`; for latents (``N != T``) the lengths are bookkeeping artefacts, as officially.
+    A concatenated plan splits the single group's index axis by the modality lengths instead."""
     b, _, n, c = x.shape
     out = {}
+    if plan.concatenated:  # split the index axis by the modality lengths (latents: truncated to N)
+        start = 0
+        for m in plan.modalities:
+            out[m.name] = x[:, 0, start:start + m.length]
+            start += m.length
+        return out
     for m in plan.modalities:
         keep = max(n - m.group_padding, 0)
         y = x[:, m.start:m.start + m.num_groups, :keep].reshape(b, -1, c)  # (B, G_m * keep, C)

@@ -1,8 +1,8 @@
 """Frozen, validated configuration of the Hierarchical Perceiver (HiP) and its class-bottleneck form.
 
-Per-block tuples run encoder -> processor -> decoder (``len(num_groups)`` blocks, odd and >= 3; the
-middle block is the processor and has one group). Modalities are declared explicitly as an ordered
-mapping ``name -> (index_dim, channels)``; ``label_modalities`` (non-empty = HiPClassBottleneck)
+Per-block tuples run encoder -> processor -> decoder (``len(num_groups)`` blocks, odd; the middle
+block is the processor and has one group; a single block is the HiP repository's Perceiver IO).
+Modalities are declared explicitly as an ordered mapping ``name -> (index_dim, channels)``; ``label_modalities`` (non-empty = HiPClassBottleneck)
 bypass the encoder and join the processor's keys/values.
 """
 
@@ -108,14 +108,16 @@ class HiPConfig(_ConfigMixin):
     def _check_blocks(self) -> None:
         k, mid = len(self.num_groups), len(self.num_groups) // 2
         g, n, c = self.num_groups, self.num_latents, self.num_channels
-        if k < 3 or k % 2 == 0:
-            _fail("num_groups", g, "an odd number (>= 3) of blocks: encoder, processor, decoder")
+        if k % 2 == 0:
+            _fail("num_groups", g, "an odd number of blocks (encoder, processor, decoder; 1 = Perceiver IO)")
+        if k == 1 and self.label_modalities:
+            _fail("label_modalities", self.label_modalities, "() with a single block (no encoder to bypass)")
         if g[mid] != 1:
             _fail("num_groups", g, f"1 group at the processor (block {mid})")
         if g[-1] != g[0]:
             _fail("num_groups", g, f"as many groups in the last block as in the first ({g[0]})")
         slots = self.num_position_slots if self.num_position_slots is not None else len(self.inputs)
-        if slots > g[0]:
+        if k > 1 and slots > g[0]:
             _fail("num_position_slots", slots, f"at most num_groups[0]={g[0]} modalities per call (one group each)")
         for i in range(k):
             j = k - 1 - i

@@ -59,7 +59,7 @@ def hip_256() -> HiPConfig:
 
 @register_model("hip-16x3", model_cls=HiP, num_parameters=233_240_356)
 def hip_16x3() -> HiPConfig:
-    """HiP 16x3: groups (16, 1, 16), 18-layer 1024-wide processor; 233,240,356 params (built here; no official figure)."""
+    """HiP 16x3: groups (16, 1, 16), 18-layer 1024-wide processor; 233,240,356 params (no official figure)."""
     return _hip(num_groups=(16, 1, 16), num_self_attend_layers=(2, 18, 2), num_latents=(128, 256, 128),
                 num_channels=(128, 1024, 128), num_self_attend_heads=(4, 32, 4), num_cross_attend_heads=(1, 1, 1),
                 num_embedding_channels=32)
@@ -79,3 +79,31 @@ def hip_debug() -> HiPConfig:
                      num_self_attend_layers=(1, 1, 1), num_latents=(4, 4, 4), num_channels=(8, 16, 8),
                      num_self_attend_heads=(2, 2, 2), num_cross_attend_heads=(1, 1, 1), num_embedding_channels=8,
                      num_position_encoding_channels=4)
+
+
+def _io(**block) -> HiPConfig:
+    """A single-block model: the HiP repository's Perceiver IO baseline (``ConcatenateGrouper``)."""
+    return _hip(num_groups=(1,), num_cross_attend_heads=block.pop("num_cross_attend_heads", (1,)), **block)
+
+
+@register_model("hip-perceiver-io-mini", model_cls=HiP, num_parameters=677_156)
+def hip_perceiver_io_mini() -> HiPConfig:
+    """Perceiver IO Mini of the HiP repository: 128 latents x 128, 2 layers; 677,156 params (no official figure)."""
+    return _io(num_self_attend_layers=(2,), num_latents=(128,), num_channels=(128,), num_self_attend_heads=(2,),
+               self_attend_widening_factor=2, cross_attend_widening_factor=1, num_embedding_channels=128)
+
+
+@register_model("hip-perceiver-io-c-50m", model_cls=HiP, num_parameters=31_129_124)
+def hip_perceiver_io_c_50m() -> HiPConfig:
+    """Perceiver IO c_50m of the HiP repo: 1024 latents x 512, 8 layers; 31,129,124 params (no official figure)."""
+    return _io(num_self_attend_layers=(8,), num_latents=(1024,), num_channels=(512,), num_self_attend_heads=(8,),
+               num_cross_attend_heads=(8,), self_attend_widening_factor=4, cross_attend_widening_factor=4,
+               num_embedding_channels=512)
+
+
+@register_model("hip-perceiver-io-c-150m", model_cls=HiP, num_parameters=133_886_628)
+def hip_perceiver_io_c_150m() -> HiPConfig:
+    """Perceiver IO c_150m of the HiP repository: 1024 latents x 896, 12 layers; 677,156 params (no official figure)."""
+    return _io(num_self_attend_layers=(12,), num_latents=(1024,), num_channels=(896,), num_self_attend_heads=(16,),
+               num_cross_attend_heads=(16,), self_attend_widening_factor=4, cross_attend_widening_factor=4,
+               num_embedding_channels=896)
