@@ -2,8 +2,8 @@
 
 Per-block tuples run encoder -> processor -> decoder (``len(num_groups)`` blocks, odd; the middle
 block is the processor and has one group; a single block is the HiP repository's Perceiver IO).
-Modalities are declared explicitly as an ordered mapping ``name -> (index_dim, channels)``; ``label_modalities`` (non-empty = HiPClassBottleneck)
-bypass the encoder and join the processor's keys/values.
+Modalities are declared explicitly as an ordered mapping ``name -> (index_dim, channels)``;
+``label_modalities`` (non-empty = HiPClassBottleneck) bypass the encoder and join the processor.
 """
 
 from __future__ import annotations
