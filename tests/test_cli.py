@@ -48,7 +48,7 @@ def test_models_lists_registry_with_counts(capsys):
         assert count in line
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "models"])
+@pytest.mark.parametrize("command", ["train", "eval", "models", "generate", "convert"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
