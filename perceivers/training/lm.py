@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from perceivers.data.text import bits_per_byte
-from perceivers.training.trainer import param_groups, warmup_cosine
+from perceivers.training.trainer import param_groups, validate_optimisation, warmup_cosine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,17 +35,7 @@ class LMTrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} is invalid: expected a positive float")
-        for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected >= 0")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction={self.warmup_fraction!r} is invalid: expected a float in [0, 1)")
+        validate_optimisation(self, counts=("steps", "batch_size"), fractions=("warmup_fraction",))
 
 
 def latent_targets(windows: Tensor, lengths: Tensor, num_latents: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,6 +16,24 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 
+def validate_optimisation(cfg: object, *, counts: tuple[str, ...], fractions: tuple[str, ...]) -> None:
+    """Shared checks of training configs: ``counts`` are ints >= 1, ``lr`` > 0, ``weight_decay`` and
+    ``grad_clip`` >= 0, ``fractions`` in [0, 1). Raises ``ValueError`` naming the field."""
+    for name in counts:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
+    lr = getattr(cfg, "lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr={lr!r} is invalid: expected a positive float")
+    for name in ("weight_decay", "grad_clip"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is invalid: expected >= 0")
+    for name in fractions:
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} is invalid: expected a float in [0, 1)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimisation settings; validated on construction."""
@@ -31,18 +49,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r} is invalid: expected a positive float")
-        for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected >= 0")
-        for name in ("warmup_fraction", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: expected a float in [0, 1)")
+        validate_optimisation(self, counts=("epochs", "batch_size"), fractions=("warmup_fraction", "label_smoothing"))
 
     def to_dict(self) -> dict:
         return asdict(self)
