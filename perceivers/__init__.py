@@ -3,7 +3,9 @@
 from perceivers.hub import from_pretrained
 from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
 from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
+from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
 from perceivers.models.perceiver_io import PerceiverIO
+from perceivers.models.perceiver_io_language import PerceiverIOLanguage
 from perceivers.registry import create_model, get_config, list_models
 
 __version__ = "0.1.0"
@@ -16,6 +18,9 @@ __all__ = [
     "PerceiverARConfig",
     "PerceiverIO",
     "PerceiverIOConfig",
+    "PerceiverIOLanguage",
+    "PerceiverIOLanguageConfig",
+    "TextPreprocessorConfig",
     "create_model",
     "from_pretrained",
     "get_config",

@@ -45,6 +45,7 @@ def register_model(name: str, *, model_cls: type[nn.Module], num_parameters: int
 def _ensure_loaded() -> None:
     import perceivers.models.ar_variants  # noqa: F401  (registers the Perceiver AR variants)
     import perceivers.models.hip_variants  # noqa: F401  (registers the HiP variants)
+    import perceivers.models.language_variants  # noqa: F401  (registers the byte-level language variants)
     import perceivers.models.variants  # noqa: F401  (registers the variants)
 
 

@@ -1,8 +1,11 @@
 """Declarative state-dict key table between HF ``transformers`` Perceiver models and ``perceivers``.
 
-Scope (for now): ``PerceiverForImageClassificationFourier`` -> :class:`~perceivers.models.perceiver_io.PerceiverIO`
+Scope: ``PerceiverForImageClassificationFourier`` -> :class:`~perceivers.models.perceiver_io.PerceiverIO`
 built with a ``pixels`` image preprocessor + Fourier positions, an ``io`` encoder and a
-``classification`` decoder. The Fourier/pixels preprocessor has no parameters on either side.
+``classification`` decoder (the Fourier/pixels preprocessor has no parameters on either side);
+``PerceiverForMaskedLM`` / ``PerceiverForSequenceClassification`` ->
+:class:`~perceivers.models.perceiver_io_language.PerceiverIOLanguage` (text preprocessor, MLM decoder
+with tied embedding decoder, or classification decoder).
 
 The table is a list of ``(hf_pattern, ours_pattern)`` rows. Patterns may contain placeholders that
 are expanded over every value in :data:`PLACEHOLDERS` (``{param}`` -> ``weight``/``bias``) or given
@@ -94,9 +97,26 @@ CLASSIFICATION_DECODER: tuple[KeyRow, ...] = (
     (_HF_BASIC_DECODER + "final_layer.{param}", "decoder.output.{param}"),
 )
 
+#: HF ``PerceiverTextPreprocessor`` (two ``nn.Embedding``s) -> our ``TextPreprocessor``: byte embedding
+#: ``(V, C)`` and input position table ``(max_seq_len, C)``, both unchanged.
+TEXT_PREPROCESSOR: tuple[KeyRow, ...] = (
+    ("perceiver.input_preprocessor.embeddings.weight", "preprocessor.embedding.weight"),
+    ("perceiver.input_preprocessor.position_embeddings.weight", "preprocessor.position.pos_embs"),
+)
+
+#: HF MLM ``PerceiverBasicDecoder`` (no final layer) + ``PerceiverEmbeddingDecoder`` -> our ``BasicDecoder``
+#: + ``EmbeddingDecoder``. The tied embedding matrix is the preprocessor's; only the bias ``(V,)`` is extra.
+MLM_DECODER: tuple[KeyRow, ...] = (
+    ("perceiver.decoder.output_position_encodings.position_embeddings", "decoder.query_pos.pos_embs"),
+    *prefixed(CROSS_ATTENTION_LAYER, "perceiver.decoder.decoding_cross_attention.", "decoder.cross_attend."),
+    ("embedding_decoder.bias", "embedding_decoder.bias"),
+)
+
 #: Full tables per HF head class. The Fourier pixels preprocessor has no parameters.
 HEAD_TABLES: dict[str, tuple[KeyRow, ...]] = {
     "PerceiverForImageClassificationFourier": ENCODER + CLASSIFICATION_DECODER,
+    "PerceiverForMaskedLM": TEXT_PREPROCESSOR + ENCODER + MLM_DECODER,
+    "PerceiverForSequenceClassification": TEXT_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
 }
 
 
@@ -158,8 +178,13 @@ def map_state_dict(state: Mapping[str, Tensor], mapping: Mapping[str, str], *, s
     return out
 
 
-def hf_to_perceivers_state_dict(hf_state: dict[str, Tensor], *, num_self_attends_per_block: int) -> dict[str, Tensor]:
-    """Map a ``PerceiverForImageClassificationFourier`` state dict to ``PerceiverIO`` keys.
+def hf_to_perceivers_state_dict(hf_state: dict[str, Tensor], *, num_self_attends_per_block: int,
+                                head: str = "PerceiverForImageClassificationFourier") -> dict[str, Tensor]:
+    """Map the state dict of the HF class ``head`` (a key of :data:`HEAD_TABLES`) to our keys.
+
+    ``PerceiverForImageClassificationFourier`` maps to :class:`PerceiverIO`; ``PerceiverForMaskedLM``
+    and ``PerceiverForSequenceClassification`` map to
+    :class:`~perceivers.models.perceiver_io_language.PerceiverIOLanguage` (MLM / classification decoder).
 
     Args:
         hf_state: ``model.state_dict()`` of the HF model (``perceiver.embeddings.latents (N, D)``,
@@ -170,14 +195,15 @@ def hf_to_perceivers_state_dict(hf_state: dict[str, Tensor], *, num_self_attends
             self-attention layers; ``num_blocks`` shares them and adds no keys).
 
     Returns:
-        ``{our_key: tensor}`` ready for ``PerceiverIO.load_state_dict(..., strict=True)`` on a model
-        whose config matches (``encoder.num_self_attends_per_block`` equal, ``layout='io'``, pixels
-        preprocessor with Fourier positions, classification decoder).
+        ``{our_key: tensor}`` ready for ``load_state_dict(..., strict=True)`` on a model whose config
+        matches (``encoder.num_self_attends_per_block`` equal, ``layout='io'``, and the head's
+        preprocessor and decoder).
 
     Raises:
         ValueError: listing every HF key the table does not map and every expected HF key that is
             absent (i.e. a key of ours that would stay unfilled).
     """
-    mapping = expand_rows(HEAD_TABLES["PerceiverForImageClassificationFourier"],
-                          num_self_attends_per_block=num_self_attends_per_block)
+    if head not in HEAD_TABLES:
+        raise ValueError(f"no key table for HF class {head!r}; known: {sorted(HEAD_TABLES)}")
+    mapping = expand_rows(HEAD_TABLES[head], num_self_attends_per_block=num_self_attends_per_block)
     return map_state_dict(hf_state, mapping, source="HF")
