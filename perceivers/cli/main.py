@@ -1,4 +1,4 @@
-"""The ``perceivers`` command line: ``train``, ``eval``, ``models``, ``generate``."""
+"""The ``perceivers`` command line: ``train``, ``eval``, ``models``, ``convert``, ``generate``, ``fill-mask``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,21 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_fill_mask(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fill-mask", help="fill masked bytes with a byte-level Perceiver IO MLM checkpoint",
+                       description="Replace every --mask-token in --text by the byte the masked language model "
+                                   "finds most likely (one forward pass, argmax per masked byte, as the official "
+                                   "MLM colab) and print the filled text. One mask token stands for one byte.")
+    p.add_argument("--checkpoint", required=True, help="model folder (config.json + model.safetensors)")
+    p.add_argument("--text", required=True, help='text with masks, e.g. "The capital of France is [MASK][MASK]'
+                                                 '[MASK][MASK][MASK][MASK]."')
+    p.add_argument("--mask-token", default="[MASK]", help="spelling of one masked byte (default [MASK])")
+    p.add_argument("--add-special-tokens", action="store_true",
+                   help="wrap the text in [CLS] ... [SEP] as HF's tokenizer does (the official colab does not)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="re-evaluate a saved model on a recipe's test split",
                        description="Load a model folder written by `perceivers train` and report test accuracy.")
@@ -103,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_convert(sub)
     _add_generate(sub)
+    _add_fill_mask(sub)
     return parser
 
 
@@ -179,6 +195,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from perceivers.generation.fill_mask import fill_mask
+    from perceivers.hub import from_pretrained
+
+    _set_threads(args.threads)
+    model = from_pretrained(args.checkpoint, device=args.device)
+    result = fill_mask(model, args.text, mask_token=args.mask_token, add_special_tokens=args.add_special_tokens,
+                       device=args.device)
+    print(result.text)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from perceivers.data.digits import load_digits_split
     from perceivers.hub import from_pretrained
@@ -218,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "generate": cmd_generate,
-                "convert": cmd_convert}
+                "convert": cmd_convert, "fill-mask": cmd_fill_mask}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
