@@ -96,7 +96,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     h = conv.add_parser("haiku", help="an official DeepMind Haiku parameter file (.pystate / .pickle)",
                         description="Read an official Haiku parameter pickle with a restricted unpickler (dicts, "
                                     "numpy arrays and Haiku FlatMapping only) and write our folder. ImageNet "
-                                    "classifiers are recognised automatically.")
+                                    "classifiers and the language MLM are recognised automatically.")
     h.add_argument("params", help="path of the official parameter file")
     h.add_argument("out", help="output folder")
     h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")

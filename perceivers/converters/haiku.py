@@ -89,10 +89,22 @@ def image_preprocessor_rows(prep_type: str, position_encoding: str, project_pos_
     return rows
 
 
+def language_mlm_rows(num_self_attends_per_block: int) -> list[ModuleRow]:
+    """Official MLM colab (``language_perceiver_io_bytes.pickle``): ``embed/embeddings [262, C]``, the
+    top-level input ``trainable_position_encoding``, the encoder, a standalone ``basic_decoder`` (no
+    output linear) and ``embedding_decoder/bias [262]``; the logits reuse ``embed/embeddings``."""
+    return [("embed", "preprocessor.embedding.weight", "embed"),
+            ("trainable_position_encoding", "preprocessor.position.pos_embs", "table"),
+            *encoder_rows(num_self_attends_per_block),
+            ("basic_decoder/~/trainable_position_encoding", "decoder.query_pos.pos_embs", "table"),
+            *cross_attention_rows("basic_decoder/cross_attention", "decoder.cross_attend"),
+            ("embedding_decoder", "embedding_decoder.bias", "bias")]
+
+
 _KIND_PARAMS: dict[str, dict[str, str]] = {
     "linear": {"w": "weight", "b": "bias"}, "conv": {"w": "weight", "b": "bias"},
     "layer_norm": {"scale": "weight", "offset": "bias"}, "batchnorm": {"scale": "weight", "offset": "bias"},
-    "table": {"pos_embs": ""}, "ema": {"average": ""},
+    "table": {"pos_embs": ""}, "ema": {"average": ""}, "embed": {"embeddings": ""}, "bias": {"bias": ""},
 }
 _IGNORED_PARAMS = {"ema": {"hidden", "counter"}}
 
@@ -229,7 +241,9 @@ _IMAGENET_BY_MODULE = (("image_preprocessor/~/conv2_d_downsample/~/conv", "perce
 
 
 def guess_model_name(params: Mapping[str, object]) -> str:
-    """The registered model an official parameter tree belongs to (ImageNet classifiers)."""
+    """The registered model an official parameter tree belongs to (ImageNet classifiers, language MLM)."""
+    if "embedding_decoder" in params:
+        return "perceiver-io-language-mlm"
     if "classification_decoder/~/basic_decoder/output" not in params:
         raise ValueError("cannot tell which model these Haiku parameters belong to (no ImageNet classification "
                          "decoder); pass the registered model name explicitly")
@@ -240,9 +254,12 @@ def guess_model_name(params: Mapping[str, object]) -> str:
 
 
 def model_rows(config) -> list[ModuleRow]:
-    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers for now)."""
+    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers) or a language MLM config."""
     from perceivers.models.config import PerceiverIOConfig
+    from perceivers.models.language_config import PerceiverIOLanguageConfig
 
+    if isinstance(config, PerceiverIOLanguageConfig) and config.is_mlm:
+        return language_mlm_rows(config.encoder.num_self_attends_per_block)
     if not isinstance(config, PerceiverIOConfig) or config.decoder.type != "classification" \
             or config.encoder.layout != "io" or config.preprocessor is None:
         raise ValueError("Haiku conversion supports Perceiver IO image classifiers (io encoder, classification "
