@@ -77,6 +77,15 @@ class _ConfigMixin:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    def _coerce_nested(self, *, optional: tuple[str, ...] = ()) -> None:
+        """Turn nested dicts (from ``config.json``) into their config classes; reject other types."""
+        for key, sub in self._nested.items():
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                object.__setattr__(self, key, sub.from_dict(value))
+            elif not isinstance(value, sub) and not (value is None and key in optional):
+                raise TypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         if not isinstance(data, dict):
@@ -350,14 +359,7 @@ class PerceiverIOConfig(_ConfigMixin):
     activation: str = "gelu_tanh"
 
     def __post_init__(self) -> None:
-        for key, sub in self._nested.items():
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                object.__setattr__(self, key, sub.from_dict(value))
-            elif value is not None and not isinstance(value, sub):
-                raise TypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
-        if self.encoder is None or self.decoder is None:
-            raise TypeError("encoder and decoder configs are required")
+        self._coerce_nested(optional=("preprocessor",))
         _check_choice("activation", self.activation, ACTIVATIONS)
         if self.preprocessor is None:
             if self.input_channels is None:

@@ -64,12 +64,7 @@ class PerceiverIOLanguageConfig(_ConfigMixin):
     activation: str = "gelu_tanh"
 
     def __post_init__(self) -> None:
-        for key, sub in self._nested.items():
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                object.__setattr__(self, key, sub.from_dict(value))
-            elif not isinstance(value, sub):
-                raise TypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
+        self._coerce_nested()
         _check_choice("activation", self.activation, ACTIVATIONS)
         prep, enc, dec = self.preprocessor, self.encoder, self.decoder
         if enc.layout != "io":
