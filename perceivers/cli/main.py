@@ -89,7 +89,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert official checkpoints to our folder format",
+    p = sub.add_parser("convert", help="convert official / Hugging Face checkpoints (to and from our folder format)",
                        description="Convert foreign checkpoints into a perceivers folder (config.json + "
                                    "model.safetensors).")
     conv = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -100,6 +100,21 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     h.add_argument("params", help="path of the official parameter file")
     h.add_argument("out", help="output folder")
     h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
+    f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
+                        description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
+                                    "SequenceClassification, ImageClassificationLearned) to our folder. Default: "
+                                    "official semantics (tanh GELU, no query residual in the learned-position "
+                                    "decoder, attention dropout 0); --hf-compat reproduces HF's outputs.")
+    f.add_argument("src", help="HF model folder")
+    f.add_argument("out", help="output folder")
+    f.add_argument("--hf-compat", action="store_true",
+                   help="reproduce HF numbers: activation from hidden_act, learned decoder query residual, "
+                        "attention_probs_dropout_prob from the HF config")
+    t = conv.add_parser("to-hf", help="our folder -> a Hugging Face transformers Perceiver folder",
+                        description="Write config.json (HF field names, architectures) + model.safetensors loadable "
+                                    "by transformers' from_pretrained.")
+    t.add_argument("src", help="our model folder")
+    t.add_argument("out", help="output HF folder")
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -222,6 +237,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    if args.source == "hf":
+        from perceivers.converters.hf import convert_hf_folder
+
+        model = convert_hf_folder(args.src, hf_compat=args.hf_compat)
+        out = model.save_pretrained(args.out)
+        mode = "HF-compatible" if args.hf_compat else "official semantics"
+        print(f"converted {args.src} ({model.num_parameters():,} parameters, {mode}) -> {out}")
+        return 0
+    if args.source == "to-hf":
+        from perceivers.converters.hf import convert_to_hf_folder
+
+        out = convert_to_hf_folder(args.src, args.out)
+        print(f"converted {args.src} -> {out} (transformers format)")
+        return 0
     from perceivers.converters.haiku import convert_haiku_file
 
     model = convert_haiku_file(args.params, args.model)

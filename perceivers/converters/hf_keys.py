@@ -3,7 +3,8 @@
 Scope: ``PerceiverForImageClassificationFourier`` -> :class:`~perceivers.models.perceiver_io.PerceiverIO`
 built with a ``pixels`` image preprocessor + Fourier positions, an ``io`` encoder and a
 ``classification`` decoder (the Fourier/pixels preprocessor has no parameters on either side);
-``PerceiverForMaskedLM`` / ``PerceiverForSequenceClassification`` ->
+``PerceiverForImageClassificationLearned`` -> the same with a ``conv1x1`` preprocessor and trainable,
+projected positions; ``PerceiverForMaskedLM`` / ``PerceiverForSequenceClassification`` ->
 :class:`~perceivers.models.perceiver_io_language.PerceiverIOLanguage` (text preprocessor, MLM decoder
 with tied embedding decoder, or classification decoder).
 
@@ -112,8 +113,19 @@ MLM_DECODER: tuple[KeyRow, ...] = (
     ("embedding_decoder.bias", "embedding_decoder.bias"),
 )
 
+#: HF learned-position ``PerceiverImagePreprocessor`` (conv1x1 + trainable positions + projection) -> our
+#: ``ImagePreprocessor`` (``prep_type='conv1x1'``, ``position_encoding='trainable'``, ``project_pos_dim``):
+#: 1x1 kernel ``(C, C_in, 1, 1)`` (OIHW both sides, no spatial transpose issue), position table
+#: ``(H*W, C_pos)``, projection ``(project_pos_dim, C_pos)``.
+LEARNED_IMAGE_PREPROCESSOR: tuple[KeyRow, ...] = (
+    ("perceiver.input_preprocessor.convnet_1x1.{param}", "preprocessor.conv1x1.{param}"),
+    ("perceiver.input_preprocessor.position_embeddings.position_embeddings", "preprocessor.position.encoding.pos_embs"),
+    ("perceiver.input_preprocessor.positions_projection.{param}", "preprocessor.position.projection.{param}"),
+)
+
 #: Full tables per HF head class. The Fourier pixels preprocessor has no parameters.
 HEAD_TABLES: dict[str, tuple[KeyRow, ...]] = {
+    "PerceiverForImageClassificationLearned": LEARNED_IMAGE_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
     "PerceiverForImageClassificationFourier": ENCODER + CLASSIFICATION_DECODER,
     "PerceiverForMaskedLM": TEXT_PREPROCESSOR + ENCODER + MLM_DECODER,
     "PerceiverForSequenceClassification": TEXT_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
