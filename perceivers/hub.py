@@ -74,7 +74,13 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
 
 
 class PretrainedMixin:
-    """Adds ``save_pretrained(dir)`` to a model with ``config`` (``to_dict``) and ``model_type``."""
+    """Adds ``save_pretrained(dir)`` and ``num_parameters()`` to a model with ``config`` (``to_dict``)
+    and ``model_type``."""
+
+    def num_parameters(self) -> int:
+        """Every parameter, frozen ones included (the official counts); buffers such as BatchNorm
+        running statistics are not parameters and are not counted."""
+        return sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (float weights and buffers, contiguous) to the folder."""

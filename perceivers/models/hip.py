@@ -99,9 +99,6 @@ class HiP(PretrainedMixin, nn.Module):
         for linear in (lin for d in unembedders for lin in d.values()):
             init_zeros(linear)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     # ------------------------------------------------------------------------------------------ inputs
 
     def _check_inputs(self, inputs: dict[str, Tensor]) -> tuple[list[str], list[str]]:

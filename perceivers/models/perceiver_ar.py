@@ -220,10 +220,6 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         self.final_norm.reset_parameters()
         init_zeros(self.logits)
 
-    def num_parameters(self) -> int:
-        """Every parameter, frozen position tables included (as the official count)."""
-        return sum(p.numel() for p in self.parameters())
-
     # ------------------------------------------------------------------------------------------ inputs
 
     def _check_inputs(self, input_ids: Any, lengths: Any, num_latents: Any, cache: ARCache | None

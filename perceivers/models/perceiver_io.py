@@ -104,7 +104,3 @@ class PerceiverIO(PretrainedMixin, nn.Module):
             return self.decoder(z, query_mask=query_mask, inputs_without_pos=feats,
                                 subsampled_points=subsampled_output_points)
         return self.decoder(z)
-
-    def num_parameters(self) -> int:
-        """Number of parameters (BatchNorm running statistics are buffers and not counted)."""
-        return sum(p.numel() for p in self.parameters())

@@ -79,6 +79,3 @@ class PerceiverIOLanguage(PretrainedMixin, nn.Module):
         """``input_ids: (B, L)`` int, ``input_mask: (B, L)`` bool -> ``(B, L, V)`` (MLM) or ``(B, K)``."""
         z = self.forward_features(input_ids, input_mask)
         return self.forward_head(z, input_mask, length=input_ids.shape[1])
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
