@@ -112,6 +112,9 @@ def read_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or "model_type" not in data or not isinstance(data.get("config"), dict):
         raise ValueError(f"{path} must be an object with 'model_type' and 'config' keys")
+    from perceivers.registry import load_model_families
+
+    load_model_families()  # every family registers its model type on import
     if data["model_type"] not in _MODEL_TYPES:
         raise ValueError(f"{path}: unknown model_type {data['model_type']!r}; known: {sorted(_MODEL_TYPES)}")
     return data["model_type"], data["config"]

@@ -42,7 +42,8 @@ def register_model(name: str, *, model_cls: type[nn.Module], num_parameters: int
     return wrap
 
 
-def _ensure_loaded() -> None:
+def load_model_families() -> None:
+    """Import every model family so its variants and model type are registered."""
     import perceivers.models.ar_variants  # noqa: F401  (registers the Perceiver AR variants)
     import perceivers.models.hip_variants  # noqa: F401  (registers the HiP variants)
     import perceivers.models.language_variants  # noqa: F401  (registers the byte-level language variants)
@@ -51,13 +52,13 @@ def _ensure_loaded() -> None:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted registered names, optionally filtered by a substring."""
-    _ensure_loaded()
+    load_model_families()
     return sorted(n for n in _REGISTRY if pattern is None or pattern in n)
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names raise ``ValueError`` suggesting close names."""
-    _ensure_loaded()
+    load_model_families()
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
     if name not in _REGISTRY:
