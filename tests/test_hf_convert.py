@@ -18,7 +18,8 @@ from perceivers.preprocessors.text import BytesTokenizer  # noqa: E402
 TOL = 1e-5
 FOURIER, LEARNED = "PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned"
 MLM, SEQ = "PerceiverForMaskedLM", "PerceiverForSequenceClassification"
-HEADS = (FOURIER, MLM, SEQ, LEARNED)
+CONV = "PerceiverForImageClassificationConvProcessing"
+HEADS = (FOURIER, MLM, SEQ, LEARNED, CONV)
 MAX_LEN = 32
 TEXTS = ["bytes: café ☕", "short"]
 
@@ -39,6 +40,11 @@ def _hf_model(head: str, hidden_act: str = "gelu"):
     with torch.no_grad():
         for p in model.parameters():  # every tensor non-trivial so a mis-mapped one shows
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        for name, b in model.named_buffers():  # BatchNorm statistics of the conv head (variance > 0)
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.2)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
     return model.eval()
 
 
@@ -52,7 +58,8 @@ def _outputs(head: str, hf, ours) -> tuple[torch.Tensor, torch.Tensor]:
             if head == MLM:
                 return hf_out[:, : ids.shape[1]][mask], our_out[mask]
             return hf_out, our_out
-        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))  # NCHW
+        size = 32 if head == CONV else 8  # conv: 32 -> 16 -> 7x7 (HF padding) or 8x8 (TF-SAME) tokens
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))  # NCHW
         return hf(inputs=x).logits, ours(x)
 
 
@@ -152,3 +159,44 @@ def test_errors(saved, tmp_path, capsys):
         err = _cli_error(capsys, bad, tmp_path / "o")
         assert message in err and ("perceiver.extra" if name == "unexpected" else "self_attends.1") in err
     assert not (tmp_path / "o").exists()
+
+
+def test_conv_faithful_padding_and_kernel_transpose(saved, tmp_path):
+    hf, src = saved[CONV]
+    faithful, compat = convert_hf_folder(src), convert_hf_folder(src, hf_compat=True)
+    assert faithful.config.preprocessor.conv_padding == "tf_same" and compat.config.preprocessor.conv_padding == "hf"
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert faithful.preprocessor(x)[2] == (8, 8) and compat.preprocessor(x)[2] == (7, 7)
+        assert faithful.preprocessor.grid(224, 224) == (56, 56) and compat.preprocessor.grid(224, 224) == (55, 55)
+        assert torch.isfinite(faithful(x)).all()
+    assert _max_diff(CONV, hf, faithful) > 1e-3  # one-pixel shift and other token grid
+    faithful.save_pretrained(tmp_path / "faithful")
+    with pytest.raises(ValueError, match="conv_padding"):  # HF cannot express TF-SAME padding
+        convert_to_hf_folder(tmp_path / "faithful", tmp_path / "back")
+    kernel = hf.state_dict()["perceiver.input_preprocessor.convnet.conv.weight"]
+    assert not torch.equal(kernel, kernel.transpose(2, 3))  # random 7x7 kernels are asymmetric
+    assert main(["convert", "hf", str(src), str(tmp_path / "undone"), "--undo-hf-kernel-transpose"]) == 0
+    undone = from_pretrained(tmp_path / "undone").preprocessor.conv.convs[0].weight
+    assert torch.equal(undone, kernel.transpose(2, 3)) and torch.equal(faithful.preprocessor.conv.convs[0].weight, kernel)
+    with pytest.raises(ValueError, match="only to PerceiverForImageClassificationConvProcessing"):
+        convert_hf_folder(saved[FOURIER][1], undo_hf_kernel_transpose=True)
+
+
+def test_full_size_fourier_parity(tmp_path):
+    """Released-size HF Fourier classifier (random weights, tanh GELU, no attention dropout) at 32x32."""
+    torch.manual_seed(0)
+    cfg = transformers.PerceiverConfig(  # deepmind/vision-perceiver-fourier sizes: 48.4 M parameters
+        num_latents=512, d_latents=1024, num_blocks=8, num_self_attends_per_block=6, num_cross_attention_heads=1,
+        num_self_attention_heads=8, num_labels=1000, image_size=224, hidden_act="gelu_pytorch_tanh",
+        attention_probs_dropout_prob=0.0)
+    hf = transformers.PerceiverForImageClassificationFourier(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = convert_hf_folder(tmp_path / "hf")
+    assert ours.config.encoder.num_self_attends_per_block == 6 and ours.num_parameters() == 48_440_627
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a, b = hf(inputs=x).logits, ours(x)
+    diff = (a - b).abs().max().item()
+    print(f"full-size Fourier: HF vs ours max |diff| {diff:.2e} (|logits| max {a.abs().max().item():.2e})")
+    assert a.shape == b.shape == (1, cfg.num_labels) and diff <= TOL, diff

@@ -103,7 +103,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
     f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
                         description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
-                                    "SequenceClassification, ImageClassificationLearned) to our folder. Default: "
+                                    "SequenceClassification, ImageClassificationLearned, ImageClassificationConvProcessing) to our folder. Default: "
                                     "official semantics (tanh GELU, no query residual in the learned-position "
                                     "decoder, attention dropout 0); --hf-compat reproduces HF's outputs.")
     f.add_argument("src", help="HF model folder")
@@ -111,6 +111,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--hf-compat", action="store_true",
                    help="reproduce HF numbers: activation from hidden_act, learned decoder query residual, "
                         "attention_probs_dropout_prob from the HF config")
+    f.add_argument("--undo-hf-kernel-transpose", action="store_true",
+                   help="ImageClassificationConvProcessing only: swap the 7x7 kernel's spatial axes back, for the "
+                        "HF Hub checkpoint deepmind/vision-perceiver-conv (HF's converter transposed them); not for "
+                        "models created or trained with transformers")
     t = conv.add_parser("to-hf", help="our folder -> a Hugging Face transformers Perceiver folder",
                         description="Write config.json (HF field names, architectures) + model.safetensors loadable "
                                     "by transformers' from_pretrained.")
@@ -241,7 +245,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.source == "hf":
         from perceivers.converters.hf import convert_hf_folder
 
-        model = convert_hf_folder(args.src, hf_compat=args.hf_compat)
+        model = convert_hf_folder(args.src, hf_compat=args.hf_compat,
+                                  undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
         out = model.save_pretrained(args.out)
         mode = "HF-compatible" if args.hf_compat else "official semantics"
         print(f"converted {args.src} ({model.num_parameters():,} parameters, {mode}) -> {out}")

@@ -6,19 +6,28 @@ in ``architectures``) and ``model.safetensors`` (a legacy ``pytorch_model.bin`` 
 the declarative tables of :mod:`perceivers.converters.hf_keys`; configs are translated by the small
 explicit functions below. Supported heads: ``PerceiverForImageClassificationFourier``,
 ``PerceiverForMaskedLM``, ``PerceiverForSequenceClassification``,
-``PerceiverForImageClassificationLearned``. Not supported yet: the conv-preprocessing image
-classifier, optical flow and multimodal autoencoding.
+``PerceiverForImageClassificationLearned``, ``PerceiverForImageClassificationConvProcessing``. Not
+supported yet: optical flow and multimodal autoencoding.
 
 Semantics (perceiver-io.md §13): by default a converted model keeps the OFFICIAL DeepMind computation:
 
 - tanh-approximated GELU (``activation='gelu_tanh'``), whatever HF's ``hidden_act`` says (HF defaults
   to exact GELU, item 1);
 - the learned-position image classifier's decoder has no query residual (official; HF turns it on, item 6);
-- attention-probability dropout 0 (HF configs store 0.1, item 3; never inherited silently).
+- attention-probability dropout 0 (HF configs store 0.1, item 3; never inherited silently);
+- the conv classifier keeps TF-SAME conv/pool padding (``conv_padding='tf_same'``, 56x56 tokens at 224;
+  HF pads (3, 3) and does not pad the pool: 55x55, item 7).
+
+Kernels (item 8): HF's original converter spatially transposed every conv kernel, so the HF Hub checkpoint
+``deepmind/vision-perceiver-conv`` stores its 7x7 kernel as (O, I, W, H). ``undo_hf_kernel_transpose=True``
+swaps the last two kernel axes back (use it for that checkpoint and its fine-tunes, with the faithful
+default, to recover the official network); it is off by default because HF models built or trained with
+transformers itself (random init, local training) are not transposed.
 
 With ``hf_compat=True`` the converted model reproduces HF's numbers instead: activation from
 ``hidden_act`` (``gelu`` -> ``gelu``, ``gelu_pytorch_tanh``/``gelu_new`` -> ``gelu_tanh``), query
-residual in the learned decoder, ``attention_dropout_prob`` from ``attention_probs_dropout_prob``.
+residual in the learned decoder, ``attention_dropout_prob`` from ``attention_probs_dropout_prob``,
+``conv_padding='hf'`` for the conv classifier.
 """
 
 from __future__ import annotations
@@ -40,8 +49,9 @@ FOURIER = "PerceiverForImageClassificationFourier"
 LEARNED = "PerceiverForImageClassificationLearned"
 MLM = "PerceiverForMaskedLM"
 SEQ_CLS = "PerceiverForSequenceClassification"
-SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED)
-NOT_SUPPORTED_YET = ("PerceiverForImageClassificationConvProcessing", "PerceiverForOpticalFlow",
+CONV = "PerceiverForImageClassificationConvProcessing"
+SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED, CONV)
+NOT_SUPPORTED_YET = ("PerceiverForOpticalFlow",
                      "PerceiverForMultimodalAutoencoding", "PerceiverModel")
 
 #: HF ``hidden_act`` -> our activation (used with ``hf_compat=True``).
@@ -51,6 +61,10 @@ OURS_TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu
 
 # Values HF hard-codes per head (modeling_perceiver); ``to-hf`` refuses configs that differ.
 _HF_FOURIER = dict(num_bands=64, max_resolution=(224, 224))
+_HF_CONV = dict(num_bands=64, max_resolution=(56, 56), num_channels=64)  # one conv+pool layer (downsample 4)
+#: HF's conv classifier ignores ``config.image_size``; our config records the released training size.
+_CONV_IMAGE_SIZE = (224, 224)
+_HF_CONV_KERNEL = "perceiver.input_preprocessor.convnet.conv.weight"
 _HF_LEARNED_CHANNELS = 256  # conv1x1 out channels, trainable position channels and projection width
 _HF_MLM_HEADS, _HF_MLM_QK = 8, 8 * 32
 _HF_DEFAULTS = dict(num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=None, v_channels=None,
@@ -137,6 +151,12 @@ def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[s
                                        position_encoding="fourier", concat_pos=True, sine_only=False, **_HF_FOURIER)
         return arch, PerceiverIOConfig(preprocessor=prep, encoder=encoder, activation=activation,
                                        decoder=_classification_decoder(hf, use_query_residual=True))
+    if arch == CONV:
+        prep = ImagePreprocessorConfig(image_size=_CONV_IMAGE_SIZE, in_channels=3, prep_type="conv", spatial_downsample=4,
+                                       conv2d_use_batchnorm=True, position_encoding="fourier", concat_pos=True,
+                                       sine_only=False, conv_padding="hf" if hf_compat else "tf_same", **_HF_CONV)
+        return arch, PerceiverIOConfig(preprocessor=prep, encoder=encoder, activation=activation,
+                                       decoder=_classification_decoder(hf, use_query_residual=True))
     if arch == LEARNED:
         c = _HF_LEARNED_CHANNELS
         prep = ImagePreprocessorConfig(image_size=(size, size), in_channels=3, prep_type="conv1x1", spatial_downsample=1,
@@ -206,8 +226,10 @@ def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig) -> 
             arch = SEQ_CLS
     elif isinstance(config, PerceiverIOConfig):
         p = config.preprocessor
-        _require(p is not None and p.in_channels == 3 and p.spatial_downsample == 1 and p.concat_or_add_pos == "concat",
-                 "HF image classifiers take RGB images without downsampling and concatenate positions")
+        _require(p is not None and p.in_channels == 3 and p.concat_or_add_pos == "concat",
+                 "HF image classifiers take RGB images and concatenate positions")
+        _require(p.spatial_downsample == (4 if p.prep_type == "conv" else 1),
+                 "HF image classifiers downsample by 4 (one conv+pool layer) for 'conv', otherwise not at all")
         _require(dec.type == "classification", f"decoder.type={dec.type!r} (HF image classifiers use 'classification')")
         _check_hf_classification_decoder(dec, latent)
         h, w = p.image_size
@@ -221,9 +243,18 @@ def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig) -> 
             _require(p.num_channels == c and p.trainable_pos_channels == c and p.project_pos_dim == c and h == w,
                      f"HF's learned classifier hard-codes {c} conv/position/projection channels and square images")
             arch = LEARNED
+        elif p.prep_type == "conv" and p.position_encoding == "fourier":
+            _require(p.num_bands == _HF_CONV["num_bands"] and p.max_resolution == _HF_CONV["max_resolution"]
+                     and p.num_channels == _HF_CONV["num_channels"] and p.conv2d_use_batchnorm and p.concat_pos
+                     and not p.sine_only, "HF's conv classifier hard-codes 64 conv channels with BatchNorm, 64 bands, "
+                     "max_resolution (56, 56), concat_pos, not sine_only")
+            _require(p.conv_padding == "hf", "HF's conv classifier pads the conv (3, 3) and not the max-pool; a "
+                     "faithful conv_padding='tf_same' model would compute different features there (convert it "
+                     "from HF with --hf-compat to get an HF-equivalent one)")
+            arch = CONV
         else:
             raise ValueError(f"cannot express this model as an HF transformers Perceiver: prep_type={p.prep_type!r} "
-                             f"with {p.position_encoding!r} positions (supported: pixels+fourier, conv1x1+trainable)")
+                             f"with {p.position_encoding!r} positions (supported: pixels+fourier, conv1x1+trainable, conv+fourier)")
         fields["image_size"] = h
     else:
         raise TypeError(f"expected a PerceiverIOConfig or PerceiverIOLanguageConfig, got {type(config).__name__}")
@@ -271,12 +302,28 @@ def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     return hf, state
 
 
-def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False) -> nn.Module:
+def _undo_transpose(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Swap the two spatial axes of the HF conv classifier's 7x7 kernel: ``(O, I, W, H) -> (O, I, H, W)``.
+
+    HF's original converter reversed all axes of the Haiku HWIO kernel, so ``deepmind/vision-perceiver-conv``
+    holds a spatially transposed kernel (perceiver-io.md §13 item 8). Returns a new dict; other tensors
+    are the same objects. ``ValueError`` if the state has no 4-D conv kernel.
+    """
+    kernel = state.get(_HF_CONV_KERNEL)
+    if not isinstance(kernel, Tensor) or kernel.dim() != 4:
+        raise ValueError(f"undo_hf_kernel_transpose needs the 4-D conv kernel {_HF_CONV_KERNEL!r} "
+                         f"(only PerceiverForImageClassificationConvProcessing has one)")
+    return {**state, _HF_CONV_KERNEL: kernel.transpose(2, 3).contiguous()}
+
+
+def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
+                      undo_hf_kernel_transpose: bool = False) -> nn.Module:
     """Read an HF ``transformers`` Perceiver folder and return our model (eval mode).
 
     Default: official semantics (tanh GELU, no query residual in the learned-position decoder, attention
     dropout 0). ``hf_compat=True``: HF's numbers (activation from ``hidden_act``, query residual on,
-    ``attention_probs_dropout_prob`` kept). Raises ``FileNotFoundError`` for missing files and ``ValueError``
+    ``attention_probs_dropout_prob`` kept, HF conv padding). ``undo_hf_kernel_transpose=True`` swaps the conv
+    classifier's kernel axes back (for ``deepmind/vision-perceiver-conv``; see the module docstring). Raises ``FileNotFoundError`` for missing files and ``ValueError``
     for an unsupported architecture or missing / unexpected / mis-shaped tensors.
     """
     from perceivers.models.perceiver_io import PerceiverIO
@@ -284,6 +331,10 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False) -> nn.
 
     hf, hf_state = read_hf_folder(src)
     arch, config = hf_config_to_ours(hf, hf_compat=hf_compat)
+    if undo_hf_kernel_transpose:
+        if arch != CONV:
+            raise ValueError(f"{src}: undo_hf_kernel_transpose applies only to {CONV}, not {arch}")
+        hf_state = _undo_transpose(hf_state)
     mapping = expand_rows(HEAD_TABLES[arch], num_self_attends_per_block=config.encoder.num_self_attends_per_block)
     cls = PerceiverIOLanguage if isinstance(config, PerceiverIOLanguageConfig) else PerceiverIO
     try:

@@ -4,7 +4,8 @@ Scope: ``PerceiverForImageClassificationFourier`` -> :class:`~perceivers.models.
 built with a ``pixels`` image preprocessor + Fourier positions, an ``io`` encoder and a
 ``classification`` decoder (the Fourier/pixels preprocessor has no parameters on either side);
 ``PerceiverForImageClassificationLearned`` -> the same with a ``conv1x1`` preprocessor and trainable,
-projected positions; ``PerceiverForMaskedLM`` / ``PerceiverForSequenceClassification`` ->
+projected positions; ``PerceiverForImageClassificationConvProcessing`` -> the same with a ``conv``
+preprocessor (7x7 conv + BatchNorm) and Fourier positions; ``PerceiverForMaskedLM`` / ``PerceiverForSequenceClassification`` ->
 :class:`~perceivers.models.perceiver_io_language.PerceiverIOLanguage` (text preprocessor, MLM decoder
 with tied embedding decoder, or classification decoder).
 
@@ -123,10 +124,23 @@ LEARNED_IMAGE_PREPROCESSOR: tuple[KeyRow, ...] = (
     ("perceiver.input_preprocessor.positions_projection.{param}", "preprocessor.position.projection.{param}"),
 )
 
+#: HF conv ``PerceiverImagePreprocessor`` (one ``Conv2DDownsample`` layer: 7x7/2 conv without bias +
+#: BatchNorm; Fourier positions have no parameters) -> our ``ImagePreprocessor`` (``prep_type='conv'``,
+#: ``spatial_downsample=4``). Kernel ``(C, C_in, 7, 7)`` OIHW both sides (the HF Hub checkpoint
+#: ``deepmind/vision-perceiver-conv`` stores it spatially transposed, (O, I, W, H): see the
+#: ``undo_hf_kernel_transpose`` option of ``perceivers.converters.hf.convert_hf_folder``); BatchNorm ``(C,)`` tensors and the scalar
+#: ``num_batches_tracked`` unchanged.
+CONV_IMAGE_PREPROCESSOR: tuple[KeyRow, ...] = (
+    ("perceiver.input_preprocessor.convnet.conv.weight", "preprocessor.conv.convs.0.weight"),
+    *((f"perceiver.input_preprocessor.convnet.batchnorm.{name}", f"preprocessor.conv.batchnorms.0.{name}")
+      for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")),
+)
+
 #: Full tables per HF head class. The Fourier pixels preprocessor has no parameters.
 HEAD_TABLES: dict[str, tuple[KeyRow, ...]] = {
     "PerceiverForImageClassificationLearned": LEARNED_IMAGE_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
     "PerceiverForImageClassificationFourier": ENCODER + CLASSIFICATION_DECODER,
+    "PerceiverForImageClassificationConvProcessing": CONV_IMAGE_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
     "PerceiverForMaskedLM": TEXT_PREPROCESSOR + ENCODER + MLM_DECODER,
     "PerceiverForSequenceClassification": TEXT_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
 }

@@ -122,6 +122,11 @@ class ImagePreprocessorConfig(_ConfigMixin):
     depth, channel order (dh, dw, c), optional ``Linear`` to ``num_channels``), ``conv1x1``
     (``Conv2d(1x1, stride=spatial_downsample)``), ``conv`` (log4(spatial_downsample) x [7x7/2 conv
     TF-SAME, BatchNorm, ReLU, 3x3/2 max-pool SAME]). Positions are built over the post-prep grid.
+
+    ``conv_padding`` (``prep_type='conv'`` only): ``'tf_same'`` (official, default: conv padded (2, 3) and
+    max-pool SAME at 224, 224 -> 56x56 = 3,136 tokens) or ``'hf'``, an HF-compatibility switch that
+    reproduces HF transformers' deviation (conv padded (3, 3) on both sides, max-pool 3x3/2 unpadded:
+    224 -> 55x55 = 3,025 tokens). Used by ``Conv2DDownsample`` and :func:`prep_grid` alike.
     """
 
     image_size: tuple[int, int] = (224, 224)
@@ -140,6 +145,7 @@ class ImagePreprocessorConfig(_ConfigMixin):
     pos_init_scale: float = 0.02
     project_pos_dim: int = 0
     concat_or_add_pos: str = "concat"
+    conv_padding: str = "tf_same"
 
     def __post_init__(self) -> None:
         _tuple_of_ints(self, "image_size", self.image_size)
@@ -157,6 +163,7 @@ class ImagePreprocessorConfig(_ConfigMixin):
         _check_int("trainable_pos_channels", self.trainable_pos_channels)
         _check_int("project_pos_dim", self.project_pos_dim, minimum=0)
         _check_choice("concat_or_add_pos", self.concat_or_add_pos, ("concat", "add"))
+        _check_choice("conv_padding", self.conv_padding, CONV_PADDINGS)
         _check_scale("pos_init_scale", self.pos_init_scale)
         _check_bools(self, "conv_after_patching", "conv2d_use_batchnorm", "concat_pos", "sine_only")
         if self.prep_type == "conv":
@@ -203,13 +210,20 @@ class ImagePreprocessorConfig(_ConfigMixin):
         return self.feature_channels + self.pos_channels
 
 
+#: ``ImagePreprocessorConfig.conv_padding`` values: official TF-SAME, or HF transformers' padding.
+CONV_PADDINGS = ("tf_same", "hf")
+
+
 def prep_grid(cfg: ImagePreprocessorConfig, h: int, w: int) -> tuple[int, int]:
     """Token grid after preprocessing an ``h x w`` image."""
     s = cfg.spatial_downsample
     if cfg.prep_type == "conv":
         for _ in range(round(math.log(s, 4))):
-            h, w = -(-h // 2), -(-w // 2)  # conv 7x7/2, SAME
-            h, w = -(-h // 2), -(-w // 2)  # max-pool 3x3/2, SAME
+            h, w = -(-h // 2), -(-w // 2)  # conv 7x7/2, SAME or HF's (3, 3) padding: ceil(h/2) either way
+            if cfg.conv_padding == "hf":
+                h, w = max((h - 3) // 2 + 1, 0), max((w - 3) // 2 + 1, 0)  # max-pool 3x3/2 unpadded (HF)
+            else:
+                h, w = -(-h // 2), -(-w // 2)  # max-pool 3x3/2, SAME
         return h, w
     if cfg.prep_type == "patches":
         return h // s, w // s

@@ -34,13 +34,17 @@ def space_to_depth(x: Tensor, block: int) -> Tensor:
 class Conv2DDownsample(nn.Module):
     """``num_layers`` x [7x7/2 conv (TF-SAME, no bias), BatchNorm, ReLU, 3x3/2 max-pool (SAME)].
 
-    224x224 gives 56x56 = 3,136 tokens. (HF transformers pads the conv (3, 3) and does not pad the
-    pool, giving 55x55 = 3,025 tokens; see the README's table of HF differences.)
+    224x224 gives 56x56 = 3,136 tokens. ``padding='hf'`` reproduces HF transformers instead (conv padded
+    (3, 3) on both sides, pool unpadded: 55x55 = 3,025 tokens; see the README's table of HF differences).
     ``(B, C, H, W) -> (B, C', ceil(H/4^L), ceil(W/4^L))``.
     """
 
-    def __init__(self, *, in_channels: int, num_channels: int, num_layers: int, use_batchnorm: bool = True) -> None:
+    def __init__(self, *, in_channels: int, num_channels: int, num_layers: int, use_batchnorm: bool = True,
+                 padding: str = "tf_same") -> None:
         super().__init__()
+        if padding not in ("tf_same", "hf"):
+            raise ValueError(f"padding must be 'tf_same' or 'hf', got {padding!r}")
+        self.padding = padding
         self.convs = nn.ModuleList(
             nn.Conv2d(in_channels if i == 0 else num_channels, num_channels, 7, stride=2, bias=False)
             for i in range(num_layers)
@@ -59,6 +63,10 @@ class Conv2DDownsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for conv, bn in zip(self.convs, self.batchnorms):
+            if self.padding == "hf":  # HF transformers: conv padded (3, 3), max-pool unpadded
+                x = torch.relu(bn(conv(F.pad(x, (3, 3, 3, 3)))))
+                x = F.max_pool2d(x, 3, stride=2)
+                continue
             ph, pw = tf_same_padding(x.shape[2], 7, 2), tf_same_padding(x.shape[3], 7, 2)
             x = torch.relu(bn(conv(F.pad(x, (*pw, *ph)))))
             ph, pw = tf_same_padding(x.shape[2], 3, 2), tf_same_padding(x.shape[3], 3, 2)
@@ -84,7 +92,7 @@ class ImagePreprocessor(nn.Module):
         if c.prep_type == "conv":
             self.conv = Conv2DDownsample(in_channels=c.in_channels, num_channels=c.num_channels,
                                          num_layers=round(math.log(c.spatial_downsample, 4)),
-                                         use_batchnorm=c.conv2d_use_batchnorm)
+                                         use_batchnorm=c.conv2d_use_batchnorm, padding=c.conv_padding)
         elif c.prep_type == "conv1x1":
             self.conv1x1 = nn.Conv2d(c.in_channels, c.num_channels, 1, stride=c.spatial_downsample)
         elif c.prep_type == "patches" and c.conv_after_patching:
