@@ -99,6 +99,17 @@ class PretrainedMixin:
         return out
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """Parse a JSON file that must hold an object; ``ValueError`` naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """Read ``config.json``: ``(model_type, config dict)``; errors name the file and the problem."""
     path = Path(directory) / CONFIG_NAME
@@ -106,11 +117,8 @@ def read_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]]:
         raise FileNotFoundError(f"checkpoint folder {str(directory)!r} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or "model_type" not in data or not isinstance(data.get("config"), dict):
+    data = read_json_object(path)
+    if "model_type" not in data or not isinstance(data.get("config"), dict):
         raise ValueError(f"{path} must be an object with 'model_type' and 'config' keys")
     from perceivers.registry import load_model_families
 

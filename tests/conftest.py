@@ -78,3 +78,13 @@ def randomize_(module: torch.nn.Module, scale: float = 0.5) -> torch.nn.Module:
             elif name.endswith("running_var"):
                 buf.copy_(torch.rand_like(buf) + 0.5)
     return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Use in modules whose tiny models run thousands of small ops: one intra-op thread is many times faster than
+    several on a shared CPU (thread hand-offs dominate)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,16 +16,8 @@ from perceivers.models.perceiver_ar import PerceiverAR
 from test_perceiver_ar import make, randomized, tiny_ar
 
 POSITIONS = ["rotary", "absolute"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run thousands of small ops: one intra-op thread is many times faster than
-    several on a shared CPU (thread hand-offs dominate)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def schedule(prompt_len: int, num_steps: int, *, s: int, c: int) -> list[tuple[int, int, int]]:

@@ -42,16 +42,8 @@ def randomized(model: PerceiverAR, seed: int = 0) -> PerceiverAR:
 
 
 POSITIONS = ["rotary", "absolute"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run thousands of small ops: one intra-op thread is many times faster than
-    several on a shared CPU (thread hand-offs dominate)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(position: str = "rotary", seed: int = 0, **overrides) -> PerceiverAR:

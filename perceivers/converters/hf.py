@@ -32,7 +32,6 @@ residual in the learned decoder, ``attention_dropout_prob`` from ``attention_pro
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from perceivers.converters.hf_keys import HEAD_TABLES, expand_rows, map_state_dict
-from perceivers.hub import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_state_dict_strict, write_json
+from perceivers.hub import (CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_state_dict_strict, read_json_object,
+                            write_json)
 from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
 from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
 
@@ -277,12 +277,7 @@ def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: an HF folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        hf = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from exc
-    if not isinstance(hf, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object")
+    hf = read_json_object(cfg_path)
     weights, legacy = folder / WEIGHTS_NAME, folder / "pytorch_model.bin"
     if weights.is_file():
         try:
