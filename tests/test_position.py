@@ -182,3 +182,16 @@ def test_position_encoder_errors():
         FourierPositionEncoding((2, 3), num_bands=2, max_resolution=(4,))
     with pytest.raises(ValueError, match="max_resolution"):
         fourier_features(torch.zeros(1, 2), num_bands=2, max_resolution=(4,))
+
+
+def test_standalone_tables_are_initialised_on_construction():
+    """Tables built outside a full model hold the official init, not uninitialised memory."""
+    from perceivers.models.config import EncoderConfig
+    from perceivers.models.encoder import PerceiverEncoder
+
+    for table in (TrainablePositionEncoding(4096, 16).pos_embs,
+                  PerceiverEncoder(EncoderConfig(num_latents=256, num_latent_channels=64, num_self_attend_heads=4,
+                                                 num_blocks=1, num_self_attends_per_block=1),
+                                   input_channels=3).latents):
+        assert torch.isfinite(table).all()
+        assert table.abs().max() <= 0.04 and 0.01 < table.std() < 0.03

@@ -14,7 +14,7 @@ class EmbeddingDecoder(nn.Module):
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()
-        self.bias = nn.Parameter(torch.empty(vocab_size))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def init_weights(self) -> None:
         if not self.bias.is_meta:

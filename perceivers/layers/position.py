@@ -128,6 +128,7 @@ class TrainablePositionEncoding(nn.Module):
         super().__init__()
         self.init_scale = init_scale
         self.pos_embs = nn.Parameter(torch.empty(index_dim, num_channels))
+        self.init_weights()  # usable on its own; a no-op on the meta device
 
     @property
     def num_channels(self) -> int:

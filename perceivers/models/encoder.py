@@ -25,6 +25,7 @@ class PerceiverEncoder(nn.Module):
         self.config = config
         c = config
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.num_latent_channels))
+        init_trunc_normal(self.latents, c.latent_init_scale)  # usable on its own; a no-op on meta
         num_cross = 1 if c.layout == "io" or c.num_blocks == 1 else 2
         self.cross_attends = nn.ModuleList(
             CrossAttentionBlock(
