@@ -159,6 +159,9 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    # safetensors hands out tensors at arbitrary byte offsets; a misaligned weight can take another
+    # BLAS path and differ from the saved model in the last bit. Give each tensor its own storage.
+    state = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
     with torch.device("meta"):
         model = cls(config)
     load_state_dict_strict(model, state, source=str(weights))
