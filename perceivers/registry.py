@@ -45,6 +45,7 @@ def register_model(name: str, *, model_cls: type[nn.Module], num_parameters: int
 def load_model_families() -> None:
     """Import every model family so its variants and model type are registered."""
     import perceivers.models.ar_variants  # noqa: F401  (registers the Perceiver AR variants)
+    import perceivers.models.flow_variants  # noqa: F401  (registers the optical-flow variants)
     import perceivers.models.hip_variants  # noqa: F401  (registers the HiP variants)
     import perceivers.models.language_variants  # noqa: F401  (registers the byte-level language variants)
     import perceivers.models.variants  # noqa: F401  (registers the variants)
