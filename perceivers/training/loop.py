@@ -1,0 +1,266 @@
+"""The step loop of :func:`perceivers.training.engine.run_task` (set-up, resume, train, checkpoint, finish)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+from tqdm.auto import tqdm
+
+from perceivers.hub import write_json
+from perceivers.training import dist as D
+from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_meta, \
+    save_checkpoint, step_dirs
+from perceivers.training.engine import DataOrder, EngineConfig, NonFiniteLossError, StopRequest, Task, \
+    _to_device, isolated_rng, seed_all
+from perceivers.training.optim import build_optimizer, lr_factor
+from perceivers.training.records import RunRecords
+
+
+class _Run:
+    """One training run of a task on this process (every rank builds one)."""
+
+    def __init__(self, task: Task, config: EngineConfig, out: Path, ctx: D.DistContext, log) -> None:
+        self.task, self.cfg, self.out, self.ctx, self.log = task, config, out, ctx, log
+        self.ckpt_root = out / "checkpoints"
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _build(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        seed_all(cfg.seed)
+        self.raw = self.task.build_model().to(ctx.device)
+        self.num_parameters = sum(p.numel() for p in self.raw.parameters())
+        self.dataset = self.task.train_dataset()
+        self.order = DataOrder(len(self.dataset), cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last)
+        self.total = cfg.steps if cfg.steps is not None else cfg.epochs * self.order.steps_per_epoch
+        self.chunks = ctx.world_size * cfg.grad_accum
+        last = len(self.dataset) % cfg.batch_size
+        smallest = last if (last and not cfg.drop_last) else cfg.batch_size
+        if smallest < self.chunks:
+            raise ValueError(f"batch_size={cfg.batch_size} cannot be split over {ctx.world_size} process(es) x "
+                             f"grad_accum={cfg.grad_accum} (the smallest batch has {smallest} items): use a larger "
+                             f"batch_size, or drop_last=True")
+        hook = getattr(self.task, "blocks", None)
+        blocks = list(hook(self.raw)) if callable(hook) else D.block_modules(self.raw)
+        if cfg.activation_checkpointing:
+            D.apply_activation_checkpointing(blocks)
+        self.model = D.wrap(self.raw, cfg.strategy, ctx, blocks)
+        self.plain = self.model.module if cfg.strategy == "ddp" else self.raw  # unwrapped (FSDP: sharded in place)
+        self.optimizer = build_optimizer(self.raw, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         betas=cfg.betas, eps=cfg.eps)
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_fraction * self.total)
+        seed_all(cfg.seed * 1_000_003 + 7_919 * (ctx.rank + 1))  # per-rank training streams
+
+    def _start(self, resume: bool | str | Path) -> dict[str, Any]:
+        """Fresh start (clearing a finished run's records) or restore from a checkpoint; returns progress state."""
+        ctx = self.ctx
+        state = {"step": 0, "train_seconds": 0.0, "skipped": 0, "examples": 0}
+        if resume:
+            path = latest_checkpoint(self.ckpt_root) if resume is True else Path(resume)
+            if path is None:
+                raise CheckpointError(f"--resume: no checkpoint under {self.ckpt_root} (a complete one holds "
+                                      "meta.json); run without --resume to start")
+            meta = load_checkpoint(path, model=self.plain, optimizer=self.optimizer, strategy=self.cfg.strategy,
+                                   ctx=ctx)
+            state.update({k: meta[k] for k in state if k in meta})
+            if meta["step"] > self.total:
+                raise CheckpointError(f"{path / 'meta.json'}: step {meta['step']} is beyond this run's {self.total}")
+            if ctx.is_main:
+                self.records.truncate_after(meta["step"])
+            self.log(f"resumed from {path} at step {meta['step']}/{self.total}")
+            return state
+        latest = latest_checkpoint(self.ckpt_root)
+        if latest is not None and not read_meta(latest).get("final", False):
+            raise ValueError(f"{self.out} holds an unfinished run (checkpoint {latest}): pass --resume to continue "
+                             "it, or choose another --out (or delete the folder) to start afresh")
+        ctx.barrier()
+        if ctx.is_main:
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            self.records.reset()
+        ctx.barrier()
+        return state
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def _micro_batches(self, step: int) -> tuple[list[torch.Tensor], int]:
+        idx = self.order.batch(step)
+        parts = torch.tensor_split(idx, self.chunks)
+        mine = [parts[m * self.ctx.world_size + self.ctx.rank] for m in range(self.cfg.grad_accum)]
+        return mine, len(idx)
+
+    def _step(self, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        """Forward/backward of all micro-batches of ``step``; returns the summed stats (all ranks) and batch size."""
+        cfg, ctx = self.cfg, self.ctx
+        mine, n_global = self._micro_batches(step)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        metric_sums: dict[str, float] = {}
+        autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        for m, chunk in enumerate(mine):
+            batch = _to_device(default_collate([self.dataset[i] for i in chunk.tolist()]), ctx.device)
+            with D.no_sync(self.model, cfg.strategy, sync=m == len(mine) - 1):
+                with autocast:
+                    loss, metrics = self.task.training_loss(self.forward_model, batch)
+                (loss * (len(chunk) * ctx.world_size / n_global)).backward()
+            loss_sum += loss.detach().double().cpu() * len(chunk)
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * len(chunk)
+        keys = sorted(metric_sums)
+        stats = torch.tensor([float(loss_sum), float(not math.isfinite(float(loss_sum))), float(self.stop.requested),
+                              *[metric_sums[k] for k in keys]], dtype=torch.float64)
+        stats = self.ctx.all_reduce_sum(stats.to(ctx.device)).cpu()
+        return stats, {k: float(stats[3 + i]) / n_global for i, k in enumerate(keys)}, n_global
+
+    def _update(self, step: int) -> tuple[float, bool]:
+        """Clip, check and apply the gradients of ``step``; returns (grad norm, whether the update was applied)."""
+        cfg = self.cfg
+        norm = nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        ok = math.isfinite(norm) and not self._nonfinite_loss
+        if ok:
+            factor = lr_factor(step, schedule=cfg.schedule, total_steps=self.total, warmup_steps=self.warmup,
+                               constant_fraction=cfg.constant_fraction)
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, ok
+
+    def _save(self, step: int, state: dict[str, Any], *, final: bool = False) -> Path:
+        meta = {**state, "step": step, "final": final, "total_steps": self.total, "config": self.cfg.to_dict()}
+        return save_checkpoint(self.ckpt_root, step, model=self.plain, optimizer=self.optimizer,
+                               strategy=self.cfg.strategy, ctx=self.ctx, meta=meta, keep_last=self.cfg.keep_last)
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    def _plain_copy(self) -> nn.Module | None:
+        """The trained model as a plain module on rank 0 (FSDP: gathered into a fresh model); None elsewhere."""
+        if self.cfg.strategy != "fsdp":
+            return self.plain if self.ctx.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.ctx.is_main:
+            return None
+        with isolated_rng(self.ctx.device):
+            fresh = self.task.build_model()
+        fresh.load_state_dict(full)
+        return fresh.to(self.ctx.device)
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        model = self._plain_copy()
+        result: dict[str, float] = {}
+        if model is not None:
+            was_training = model.training
+            with isolated_rng(self.ctx.device):
+                result = dict(self.task.evaluate(model))
+            model.train(was_training)
+            self.records.log_eval({"step": step, **result})
+        self.ctx.barrier()
+        return result
+
+    # ----------------------------------------------------------------------------------------------- main
+    def run(self, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        self._build()
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        ctx.barrier()
+        self.records = RunRecords(self.out) if ctx.is_main else None
+        self.stop = StopRequest(ctx.world_size)
+        try:
+            with self.stop:
+                return self._train(self._start(resume), progress)
+        finally:
+            if self.records is not None:
+                self.records.close()
+
+    def _train(self, state: dict[str, Any], progress: bool) -> dict[str, Any]:
+        cfg, ctx, spe = self.cfg, self.ctx, self.order.steps_per_epoch
+        self.log(f"{self.task.name}: {self.num_parameters:,} parameters, {len(self.dataset):,} training items, "
+                 f"{self.total} steps x batch {cfg.batch_size} ({spe} steps per epoch), {ctx.world_size} process(es), "
+                 f"strategy {cfg.strategy}, device {ctx.device}")
+        self.model.train()
+        bar = tqdm(total=self.total, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (progress and ctx.is_main))
+        window: list[float] = []
+        t_log, ex_log, last_norm, start = time.perf_counter(), 0, 0.0, time.perf_counter() - state["train_seconds"]
+        step = state["step"]
+        while step < self.total:
+            stats, metrics, n = self._step(step)
+            loss = float(stats[0]) / n
+            self._nonfinite_loss = stats[1] > 0
+            norm, applied = self._update(step)
+            if not applied:
+                where = f"step {step + 1} (epoch {step // spe + 1})"
+                if cfg.on_nonfinite == "stop":
+                    bar.close()
+                    last = latest_checkpoint(self.ckpt_root)
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss} / gradient norm {norm} at {where}: stopped before updating the "
+                        f"weights; last good checkpoint: {last or 'none written yet'}. Lower the learning rate or "
+                        "enable --on-nonfinite skip")
+                state["skipped"] += 1
+                self.log(f"skipped {where}: non-finite loss {loss} / gradient norm {norm}")
+            step += 1
+            state["step"], state["examples"] = step, state["examples"] + n
+            ex_log += n
+            window.append(loss)
+            last_norm = norm
+            bar.update(1)
+            if ctx.is_main and (step % cfg.log_every == 0 or step == self.total):
+                now = time.perf_counter()
+                good = [v for v in window if math.isfinite(v)]
+                row = {"step": step, "epoch": step / spe, "loss": sum(good) / max(1, len(good)),
+                       "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": last_norm,
+                       "examples_per_s": ex_log / max(now - t_log, 1e-9), "elapsed_s": now - start,
+                       "skipped": state["skipped"], **metrics}
+                self.records.log_train(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                ex_s=f"{row['examples_per_s']:.0f}")
+                window, t_log, ex_log = [], now, 0
+                state["train_loss"] = row["loss"]
+            state["train_seconds"] = time.perf_counter() - start
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total:
+                self._evaluate(step)
+            if stats[2] > 0:  # Ctrl-C / SIGTERM on some rank: save and leave
+                bar.close()
+                path = self._save(step, state)
+                self.log(f"interrupted at step {step}/{self.total}: saved {path}; continue with --resume")
+                return {"interrupted": True, "step": step, "checkpoint": str(path)}
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total:
+                self._save(step, state)
+        bar.close()
+        return self._finish(state)
+
+    def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        path = self._save(self.total, state, final=True)
+        model = self._plain_copy()
+        result: dict[str, Any] = {}
+        if model is not None:
+            model.eval()
+            with isolated_rng(ctx.device):
+                evaluation = dict(self.task.evaluate(model))
+            self.records.log_eval({"step": self.total, **evaluation})
+            model.to("cpu").save_pretrained(self.out / "model")  # type: ignore[operator]
+            describe = getattr(self.task, "describe", None)
+            result = {"task": self.task.name, "num_parameters": self.num_parameters, "steps": self.total,
+                      "epochs": self.total / self.order.steps_per_epoch, "train_loss": state.get("train_loss"),
+                      "train_seconds": state["train_seconds"], "skipped_steps": state["skipped"],
+                      "examples_per_s": state["examples"] / max(state["train_seconds"], 1e-9),
+                      "world_size": ctx.world_size, **evaluation,
+                      **(describe() if callable(describe) else {}), "engine": cfg.to_dict(),
+                      "checkpoint": str(path)}
+            write_json(self.out / "metrics.json", result)
+            on_end = getattr(self.task, "on_end", None)
+            if callable(on_end):
+                with isolated_rng(ctx.device):
+                    on_end(model, self.out)
+            model.to(ctx.device)
+        ctx.barrier()
+        return result
