@@ -48,6 +48,7 @@ def load_model_families() -> None:
     import perceivers.models.flow_variants  # noqa: F401  (registers the optical-flow variants)
     import perceivers.models.hip_variants  # noqa: F401  (registers the HiP variants)
     import perceivers.models.language_variants  # noqa: F401  (registers the byte-level language variants)
+    import perceivers.models.multimodal_variants  # noqa: F401  (registers the multimodal and audio variants)
     import perceivers.models.variants  # noqa: F401  (registers the variants)
 
 
