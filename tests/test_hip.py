@@ -252,3 +252,40 @@ def test_perceiver_io_baseline_concatenates_modalities():
     assert out["input_reconstruction"]["image"].shape == (2, 30, 3)
     assert out["input_reconstruction"]["label"].shape == (2, 5, 2)
     assert out["latents"]["image"].shape == (2, 6, 8) and out["latents"]["label"].shape == (2, 0, 8)
+
+
+def test_drop_path_keep_is_per_example_and_unscaled():
+    from perceivers.models.hip_blocks import drop_path_keep
+
+    keep = drop_path_keep(4000, 3, 0.3, torch.empty(0))
+    assert keep.shape == (12000, 1, 1) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    per_example = keep.view(4000, 3)
+    assert torch.equal(per_example, per_example[:, :1].expand(-1, 3))  # every group of an example alike
+    assert abs(per_example[:, 0].mean().item() - 0.7) < 0.03
+
+
+def test_drop_path_matches_a_reference_and_is_off_in_eval():
+    from perceivers.models.hip_blocks import drop_path_keep
+
+    cfg = tiny(drop_path_rate=0.5)
+    model = HiP(cfg)
+    _perturb_unembedders(model)
+    plain = HiP(tiny())
+    plain.load_state_dict(model.state_dict())
+    x = inputs(3)
+    model.eval(), plain.eval()
+    assert torch.equal(model(x)["input_reconstruction"]["image"], plain(x)["input_reconstruction"]["image"])
+    block = model.blocks[2].train()  # processor: 1 group, 12-channel inputs
+    z = torch.randn(3, 1, 6, 12)
+    torch.manual_seed(5)
+    out = block(z)
+    torch.manual_seed(5)
+    q = block.cross_attend(block.queries(3)[:, 0], z[:, 0])  # (3, N, D)
+    for layer in block.self_attends:  # reference: independent keep draws for both residual branches
+        q = q + drop_path_keep(3, 1, 0.5, q) * layer.attention(layer.attention_norm(q), layer.attention_norm(q))
+        q = q + drop_path_keep(3, 1, 0.5, q) * layer.mlp(layer.mlp_norm(q))
+    assert torch.allclose(out[:, 0], q, atol=1e-6)
+    outs = [block(z) for _ in range(8)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        tiny(drop_path_rate=1.0)

@@ -28,28 +28,35 @@ import torch
 from torch import Tensor, nn
 
 from perceivers.hub import PretrainedMixin, register_model_type
-from perceivers.layers.init import init_linear_fan_in, init_zeros
+from perceivers.layers.init import init_linear_fan_in, init_trunc_normal, init_zeros
 from perceivers.models.hip_blocks import (GroupPlan, HiPBlock, ReconstructionHead, group, init_table_fan_in,
                                           plan_concatenate, plan_groups, regroup, ungroup)
 from perceivers.models.hip_config import HiPConfig
 
 
-@register_model_type("hip", HiPConfig)
-class HiP(PretrainedMixin, nn.Module):
-    """HiP / HiPClassBottleneck. ``forward(inputs)`` returns ``{"input_reconstruction": {m: (B, M_m, C_m)},
-    "latents": {m: (B, L_m, C_last)}}`` for the modalities present in ``inputs`` (any non-empty
-    subset of ``config.modalities`` with at least one non-label modality).
+def build_block(c: HiPConfig, i: int) -> HiPBlock:
+    """Block ``i`` of a HiP with config ``c`` (encoder, processor or decoder, with its skip width)."""
+    k, mid = len(c.num_groups), c.processor_index
+    return HiPBlock(
+        in_channels=c.num_embedding_channels if i == 0 else c.num_channels[i - 1], channels=c.num_channels[i],
+        num_groups=c.num_groups[i], num_latents=c.num_latents[i], num_self_attend_layers=c.num_self_attend_layers[i],
+        num_self_attend_heads=c.num_self_attend_heads[i], num_cross_attend_heads=c.num_cross_attend_heads[i],
+        self_attend_widening_factor=c.self_attend_widening_factor,
+        cross_attend_widening_factor=c.cross_attend_widening_factor, regroup_inputs=i > 0,
+        regroup_type=c.regroup_type, skip_channels=c.num_channels[k - 1 - i] if i > mid else None,
+        num_latents_train=c.processor_num_latents_train if i == mid else None, dropout_prob=c.dropout_prob,
+        drop_path_rate=c.drop_path_rate)
 
-    Construction declares parameters; :meth:`init_weights` applies the official initialisation and
-    is called by ``__init__`` unless the parameters live on the meta device.
-    """
 
-    def __init__(self, config: HiPConfig) -> None:
-        super().__init__()
-        if not isinstance(config, HiPConfig):
-            raise TypeError(f"config must be a HiPConfig, got {type(config).__name__}")
-        self.config = c = config
-        e, k, mid = c.num_embedding_channels, len(c.num_groups), c.processor_index
+class HiPFrontEnd:
+    """Embedding side shared by :class:`HiP` and the classifier built on its encoder: per-modality
+    embedders, learned position tables, their per-slot projections and optional mask tokens, with
+    the input checks. Parameter names are those of :class:`HiP`, so state dicts transfer by key."""
+
+    hip_config: HiPConfig
+
+    def _build_front_end(self, c: HiPConfig) -> None:
+        e = c.num_embedding_channels
         self.embedders = nn.ModuleDict({m: nn.Linear(c.modalities[m][1], e) for m in c.inputs})
         self.position_tables = nn.ParameterDict({m: nn.Parameter(torch.empty(c.modalities[m][0], e))
                                                  for m in c.inputs})
@@ -57,53 +64,23 @@ class HiP(PretrainedMixin, nn.Module):
         slots = c.num_position_slots if c.num_position_slots is not None else len(c.inputs)
         # One bias-free C_emb x C_emb projection per modality slot (Haiku's position_encoding_linear, _1, ...).
         self.position_projections = nn.ModuleList(nn.Linear(e, e, bias=False) for _ in range(slots if project else 0))
-        self.blocks = nn.ModuleList()
-        for i in range(k):
-            in_c = e if i == 0 else c.num_channels[i - 1]
-            self.blocks.append(HiPBlock(
-                in_channels=in_c, channels=c.num_channels[i], num_groups=c.num_groups[i],
-                num_latents=c.num_latents[i], num_self_attend_layers=c.num_self_attend_layers[i],
-                num_self_attend_heads=c.num_self_attend_heads[i], num_cross_attend_heads=c.num_cross_attend_heads[i],
-                self_attend_widening_factor=c.self_attend_widening_factor,
-                cross_attend_widening_factor=c.cross_attend_widening_factor, regroup_inputs=i > 0,
-                regroup_type=c.regroup_type, skip_channels=c.num_channels[k - 1 - i] if i > mid else None,
-                num_latents_train=c.processor_num_latents_train if i == mid else None, dropout_prob=c.dropout_prob))
-        self.reconstruction_head = ReconstructionHead(query_channels=e, latent_channels=c.num_channels[-1])
-        self.unembedders = nn.ModuleDict({m: nn.Linear(e, c.modalities[m][1]) for m in c.inputs})
-        labels = c.label_modalities
-        if labels:
-            d = c.num_channels[mid - 1]  # width of the processor's keys/values
-            self.label_embedders = nn.ModuleDict({m: nn.Linear(c.modalities[m][1], d) for m in labels})
-            self.label_position_tables = nn.ParameterDict({m: nn.Parameter(torch.empty(c.modalities[m][0], d))
-                                                           for m in labels})
-            self.label_reconstruction_head = ReconstructionHead(query_channels=d, latent_channels=c.num_channels[mid])
-            self.label_unembedders = nn.ModuleDict({m: nn.Linear(d, c.modalities[m][1]) for m in labels})
-        if not self.blocks[0].latents.is_meta:
-            self.init_weights()
+        if c.use_mask_token:
+            self.mask_tokens = nn.ParameterDict({m: nn.Parameter(torch.empty(e)) for m in c.inputs})
 
-    def init_weights(self) -> None:
-        """Official initialisation: fan-in VarianceScaling(1.0) linears and tables, zero unembedders."""
-        heads = [self.reconstruction_head, *self.blocks]
-        embedders, tables, unembedders = [self.embedders], [self.position_tables], [self.unembedders]
-        if self.config.label_modalities:
-            heads.append(self.label_reconstruction_head)
-            embedders.append(self.label_embedders)
-            tables.append(self.label_position_tables)
-            unembedders.append(self.label_unembedders)
-        for module in heads:
-            module.init_weights()
-        for linear in [*self.position_projections, *(lin for d in embedders for lin in d.values())]:
+    def _init_front_end(self, extra_linears: tuple = (), extra_tables: tuple = ()) -> None:
+        """Fan-in init of projections, embedders (then ``extra_linears``), tables (then ``extra_tables``);
+        mask tokens truncated normal 0.02 (as MAE's)."""
+        for linear in [*self.position_projections, *self.embedders.values(), *extra_linears]:
             init_linear_fan_in(linear)
-        for table in (t for d in tables for t in d.values()):
+        for table in [*self.position_tables.values(), *extra_tables]:
             init_table_fan_in(table)
-        for linear in (lin for d in unembedders for lin in d.values()):
-            init_zeros(linear)
-
-    # ------------------------------------------------------------------------------------------ inputs
+        if self.hip_config.use_mask_token:
+            for token in self.mask_tokens.values():
+                init_trunc_normal(token, 0.02)
 
     def _check_inputs(self, inputs: dict[str, Tensor]) -> tuple[list[str], list[str]]:
         """Validate the call's modalities; return (non-label names, label names) in processing order."""
-        c = self.config
+        c = self.hip_config
         if not isinstance(inputs, dict) or not inputs:
             raise TypeError(f"inputs must be a non-empty dict modality -> (B, M, C) tensor, got "
                             f"{type(inputs).__name__}")
@@ -133,33 +110,109 @@ class HiP(PretrainedMixin, nn.Module):
             raise ValueError(f"{len(plain)} non-label modalities {plain} in one call but num_position_slots={slots}")
         return plain, labels
 
-    def embed(self, inputs: dict[str, Tensor], names: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``{m: (B, M_m, C_m)}`` -> (embedded + positions, position queries), both ``{m: (B, M_m, C_emb)}``."""
+    def _check_mask(self, mask: dict[str, Tensor], inputs: dict[str, Tensor], plain: list[str]) -> None:
+        if not self.hip_config.use_mask_token:
+            raise ValueError("mask needs a model built with use_mask_token=True (a learned token per modality)")
+        if not isinstance(mask, dict):
+            raise TypeError(f"mask must be a dict modality -> (B, M) bool tensor, got {type(mask).__name__}")
+        for name, m in mask.items():
+            if name not in plain:
+                raise ValueError(f"mask given for {name!r}, which is not a non-label modality of this call {plain}")
+            x = inputs[name]
+            if not isinstance(m, Tensor) or m.dtype != torch.bool or tuple(m.shape) != tuple(x.shape[:2]):
+                shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                raise ValueError(f"mask of modality {name!r} must be a bool tensor of shape {tuple(x.shape[:2])}, "
+                                 f"got {shape}")
+
+    def embed(self, inputs: dict[str, Tensor], names: list[str], mask: dict[str, Tensor] | None = None,
+              ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``{m: (B, M_m, C_m)}`` -> (embedded + positions, position queries), both ``{m: (B, M_m, C_emb)}``.
+        ``mask[m]: (B, M_m)`` (True = masked) replaces the embedded input by the modality's mask token."""
         z, queries = {}, {}
         for slot, name in enumerate(names):
             pos = self.position_tables[name]  # (M_m, C_emb)
             if len(self.position_projections):
                 pos = self.position_projections[slot](pos)
             x = inputs[name]
-            z[name] = self.embedders[name](x) + pos
+            emb = self.embedders[name](x)  # (B, M_m, C_emb)
+            if mask is not None and name in mask:
+                emb = torch.where(mask[name][..., None], self.mask_tokens[name].to(emb.dtype), emb)
+            z[name] = emb + pos
             queries[name] = pos.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, M_m, C_emb)
         return z, queries
 
     def group_plan(self, lengths: dict[str, int]) -> GroupPlan:
         """The ``ConstNumGrouper`` layout of modalities with these lengths (in call order); with a single
         block (the official Perceiver IO baselines) the ``ConcatenateGrouper`` layout."""
-        if len(self.config.num_groups) == 1:
+        if len(self.hip_config.num_groups) == 1:
             return plan_concatenate(lengths)
-        return plan_groups(lengths, self.config.num_groups[0])
+        return plan_groups(lengths, self.hip_config.num_groups[0])
+
+
+@register_model_type("hip", HiPConfig)
+class HiP(HiPFrontEnd, PretrainedMixin, nn.Module):
+    """HiP / HiPClassBottleneck. ``forward(inputs, mask=None)`` returns ``{"input_reconstruction":
+    {m: (B, M_m, C_m)}, "latents": {m: (B, L_m, C_last)}}`` for the modalities present in ``inputs``
+    (any non-empty subset of ``config.modalities`` with at least one non-label modality).
+
+    Construction declares parameters; :meth:`init_weights` applies the official initialisation and
+    is called by ``__init__`` unless the parameters live on the meta device.
+    """
+
+    def __init__(self, config: HiPConfig) -> None:
+        super().__init__()
+        if not isinstance(config, HiPConfig):
+            raise TypeError(f"config must be a HiPConfig, got {type(config).__name__}")
+        self.config = c = config
+        e, mid = c.num_embedding_channels, c.processor_index
+        self._build_front_end(c)
+        self.blocks = nn.ModuleList(build_block(c, i) for i in range(len(c.num_groups)))
+        self.reconstruction_head = ReconstructionHead(query_channels=e, latent_channels=c.num_channels[-1])
+        self.unembedders = nn.ModuleDict({m: nn.Linear(e, c.modalities[m][1]) for m in c.inputs})
+        labels = c.label_modalities
+        if labels:
+            d = c.num_channels[mid - 1]  # width of the processor's keys/values
+            self.label_embedders = nn.ModuleDict({m: nn.Linear(c.modalities[m][1], d) for m in labels})
+            self.label_position_tables = nn.ParameterDict({m: nn.Parameter(torch.empty(c.modalities[m][0], d))
+                                                           for m in labels})
+            self.label_reconstruction_head = ReconstructionHead(query_channels=d, latent_channels=c.num_channels[mid])
+            self.label_unembedders = nn.ModuleDict({m: nn.Linear(d, c.modalities[m][1]) for m in labels})
+        if not self.blocks[0].latents.is_meta:
+            self.init_weights()
+
+    @property
+    def hip_config(self) -> HiPConfig:
+        return self.config
+
+    def init_weights(self) -> None:
+        """Official initialisation: fan-in VarianceScaling(1.0) linears and tables, zero unembedders."""
+        heads = [self.reconstruction_head, *self.blocks]
+        unembedders, linears, tables = [self.unembedders], (), ()
+        if self.config.label_modalities:
+            heads.append(self.label_reconstruction_head)
+            unembedders.append(self.label_unembedders)
+            linears, tables = tuple(self.label_embedders.values()), tuple(self.label_position_tables.values())
+        for module in heads:
+            module.init_weights()
+        self._init_front_end(linears, tables)
+        for linear in (lin for d in unembedders for lin in d.values()):
+            init_zeros(linear)
 
     # ----------------------------------------------------------------------------------------- forward
 
-    def forward(self, inputs: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-        """``inputs: {m: (B, M_m, C_m)}`` -> ``{"input_reconstruction": {m: (B, M_m, C_m)}, "latents": {...}}``."""
+    def forward(self, inputs: dict[str, Tensor], mask: dict[str, Tensor] | None = None,
+                ) -> dict[str, dict[str, Tensor]]:
+        """``inputs: {m: (B, M_m, C_m)}`` -> ``{"input_reconstruction": {m: (B, M_m, C_m)}, "latents": {...}}``.
+
+        ``mask: {m: (B, M_m) bool}`` (True = hidden; needs ``use_mask_token``) replaces those embedded
+        inputs by the modality's mask token; positions are still added and every position is reconstructed.
+        """
         c = self.config
         plain, labels = self._check_inputs(inputs)
+        if mask is not None:
+            self._check_mask(mask, inputs, plain)
         plan = self.group_plan({m: inputs[m].shape[1] for m in plain})
-        z_in, q_in = self.embed(inputs, plain)
+        z_in, q_in = self.embed(inputs, plain, mask)
         z, queries = group(plan, z_in), group(plan, q_in)  # (B, G0, T, C_emb) each
         k, mid = len(self.blocks), c.processor_index
         hidden: list[Tensor] = []

@@ -146,6 +146,22 @@ def ungroup(plan: GroupPlan, x: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def drop_path_keep(batch_size: int, num_groups: int, rate: float, like: Tensor) -> Tensor:
+    """Official ``StochasticDepth`` mask: per example 0 with probability ``rate``, else 1 (not rescaled),
+    repeated over the example's groups -> ``(B*G, 1, 1)`` for folded ``(B*G, N, D)`` tensors."""
+    keep = torch.floor(1.0 - rate + torch.rand(batch_size, 1, 1, dtype=like.dtype, device=like.device))
+    return keep.repeat_interleave(num_groups, dim=0)
+
+
+def self_attend_drop_path(layer: SelfAttentionBlock, z: Tensor, rate: float, batch_size: int) -> Tensor:
+    """``SelfAttentionBlock`` with stochastic depth on both residual branches (independent draws), as the
+    official ``SelfAttention``: ``z += keep * Attn(LN z)``, ``z += keep' * MLP(LN z)``. ``z: (B*G, N, D)``."""
+    groups = z.shape[0] // batch_size
+    h = layer.attention_norm(z)
+    z = z + drop_path_keep(batch_size, groups, rate, z) * layer.attention_dropout(layer.attention(h, h))
+    return z + drop_path_keep(batch_size, groups, rate, z) * layer.mlp(layer.mlp_norm(z))
+
+
 class HiPBlock(nn.Module):
     """Official ``PerceiverBlock``: [regroup], cross-attention from learned per-group latents, self-attention.
 
@@ -154,7 +170,8 @@ class HiPBlock(nn.Module):
     optional U-Net ``skip`` (``skip_channels`` wide, projected by a biased Linear when that differs
     from D) is added to the latents before the query LayerNorm, so it is part of the post-attention
     residual. ``num_latents_train`` < ``num_latents`` takes a random subset of each group's latents
-    in training mode.
+    in training mode. ``drop_path_rate`` > 0 drops each self-attention residual branch (attention and
+    MLP separately) per example in training, without rescaling (official ``StochasticDepth``).
     """
 
     def __init__(
@@ -162,8 +179,12 @@ class HiPBlock(nn.Module):
         num_self_attend_heads: int, num_cross_attend_heads: int = 1, self_attend_widening_factor: int = 4,
         cross_attend_widening_factor: int = 1, regroup_inputs: bool = True, regroup_type: str = "reshape",
         skip_channels: int | None = None, num_latents_train: int | None = None, dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={drop_path_rate!r} is invalid: expected a float in [0, 1)")
+        self.drop_path_rate = drop_path_rate
         self.num_groups, self.num_latents = num_groups, num_latents
         self.num_latents_train = num_latents_train
         self.regroup_inputs, self.regroup_type = regroup_inputs, regroup_type
@@ -208,7 +229,10 @@ class HiPBlock(nn.Module):
             q = q + (self.skip_proj(skip) if self.skip_proj is not None else skip)
         z = self.cross_attend(fold(q), fold(x))  # (B*G, N, D)
         for layer in self.self_attends:
-            z = layer(z)
+            if self.training and self.drop_path_rate > 0:
+                z = self_attend_drop_path(layer, z, self.drop_path_rate, x.shape[0])
+            else:
+                z = layer(z)
         return unfold(z, self.num_groups)
 
 

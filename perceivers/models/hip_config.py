@@ -56,6 +56,13 @@ class HiPConfig(_ConfigMixin):
             instead of the dict's insertion order.
         processor_num_latents_train: optional random subset of the processor's latents at training.
         regroup_type: ``reshape`` (neighbouring groups merge) or ``transpose_reshape`` (all mix).
+        dropout_prob: residual/MLP dropout of the attention blocks.
+        drop_path_rate: stochastic depth of every self-attention layer (official ``StochasticDepth``):
+            in training each residual branch is dropped per example with this probability, not
+            rescaled. 0 (default, as the official test) disables it.
+        use_mask_token: one learned ``(C_emb,)`` vector per non-label modality that replaces the
+            embedded input at masked positions (``forward(..., mask=...)``, masked autoencoding; ours,
+            the official code has no masking). Adds ``C_emb`` parameters per modality.
     """
 
     modalities: dict[str, tuple[int, int]]
@@ -75,6 +82,8 @@ class HiPConfig(_ConfigMixin):
     processor_num_latents_train: int | None = None
     regroup_type: str = "reshape"
     dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    use_mask_token: bool = False
 
     def __post_init__(self) -> None:
         _check_modalities(self)
@@ -98,11 +107,12 @@ class HiPConfig(_ConfigMixin):
             _check_int("num_position_encoding_channels", self.num_position_encoding_channels)
         if self.num_position_slots is not None:
             _check_int("num_position_slots", self.num_position_slots)
-        _check_bools(self, "sort_modalities")
+        _check_bools(self, "sort_modalities", "use_mask_token")
         _check_choice("regroup_type", self.regroup_type, REGROUP_TYPES)
-        if isinstance(self.dropout_prob, bool) or not isinstance(self.dropout_prob, (int, float)) \
-                or not 0.0 <= self.dropout_prob < 1.0:
-            _fail("dropout_prob", self.dropout_prob, "a float in [0, 1)")
+        for name in ("dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                _fail(name, value, "a float in [0, 1)")
         self._check_blocks()
 
     def _check_blocks(self) -> None:
