@@ -11,6 +11,7 @@ with ``num_position_encoding_channels=512``. Override ``modalities`` for real da
 from __future__ import annotations
 
 from perceivers.models.hip import HiP
+from perceivers.models.hip_classifier import HiPClassifier, HiPClassifierConfig
 from perceivers.models.hip_config import HiPConfig
 from perceivers.registry import register_model
 
@@ -107,3 +108,27 @@ def hip_perceiver_io_c_150m() -> HiPConfig:
     return _io(num_self_attend_layers=(12,), num_latents=(1024,), num_channels=(896,), num_self_attend_heads=(16,),
                num_cross_attend_heads=(16,), self_attend_widening_factor=4, cross_attend_widening_factor=4,
                num_embedding_channels=896)
+
+
+# ------------------------------------------------------------------------------ masked autoencoding (ours)
+
+DIGITS_MODALITIES = {"image": (64, 1)}  # scikit-learn's 8x8 digits, one grey level per position
+
+
+def _mae_digits() -> HiPConfig:
+    return HiPConfig(modalities=DIGITS_MODALITIES, num_groups=(4, 1, 4), num_self_attend_layers=(2, 2, 1),
+                     num_latents=(8, 32, 8), num_channels=(64, 128, 64), num_self_attend_heads=(4, 8, 4),
+                     num_cross_attend_heads=(1, 1, 1), num_embedding_channels=32,
+                     num_position_encoding_channels=512, use_mask_token=True)
+
+
+@register_model("hip-mae-digits", model_cls=HiP, num_parameters=None)
+def hip_mae_digits() -> HiPConfig:
+    """Small HiP of `perceivers train hip-mae`: 8x8 digits in 4 groups of 2 rows, mask token."""
+    return _mae_digits()
+
+
+@register_model("hip-mae-digits-classifier", model_cls=HiPClassifier, num_parameters=None)
+def hip_mae_digits_classifier() -> HiPClassifierConfig:
+    """Pooled classifier on the encoder half of `hip-mae-digits` (10 digit classes), for fine-tuning."""
+    return HiPClassifierConfig(hip=_mae_digits().replace(use_mask_token=False), num_classes=10)

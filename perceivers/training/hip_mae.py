@@ -1,0 +1,357 @@
+"""Masked-autoencoding (MAE) pretraining of HiP and the fine-tuning of a classifier on its encoder.
+
+The official HiP release has no training code; every choice below is ours (the paper leaves them open):
+
+- **What is masked**: per example, exactly ``round(mask_ratio * M)`` positions of every non-label
+  modality, uniformly at random (global torch RNG, so the engine's seeding and resume cover it).
+- **Mask ratio** 0.75 by default, as MAE for images: pixels are highly redundant, so a low ratio can be
+  solved by interpolating neighbours without learning where the neighbours are.
+- **A masked position's input**: the embedded value is replaced by a learned per-modality mask token
+  (``HiPConfig.use_mask_token``); the position embedding is still added. Zeroing the raw value instead
+  would be ambiguous wherever 0 is a real value (the digits' background is 0). Dropping positions (as
+  MAE's encoder does) does not fit HiP's fixed grouping.
+- **Loss**: mean squared error over masked positions only (every channel of a masked position counts
+  once); visible positions are trivially copyable through their own embedding, so including them mostly
+  teaches identity. ``norm_targets="example"`` standardises every example's target (mean 0, std 1 over its
+  positions and channels): the analogue of MAE's per-patch normalisation when each position is a single
+  pixel (a per-position norm of one grey value is undefined). Digits are already on one scale, so
+  their default is the plain MSE of the [0, 1] pixels.
+- **Fine-tuning**: :class:`HiPFinetuneTask` trains the pooled classifier of
+  :mod:`perceivers.models.hip_classifier`, with its position tables copied from an MAE run (``"mae"``),
+  freshly initialised (``"random"``) or fixed 2-D Fourier features (``"fourier"``), frozen or trainable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+
+from perceivers.data.images import images_to_tokens, natural_crops, tokens_to_images, write_png
+from perceivers.layers.position import fourier_features, grid_positions
+from perceivers.registry import create_model
+
+NORM_TARGETS = ("none", "example")
+DATA_SOURCES = ("digits", "natural")
+POSITION_INITS = ("mae", "random", "fourier")
+TRANSFERS = ("positions", "encoder")
+
+# -------------------------------------------------------------------------------------------- pieces
+
+
+def random_mask(batch_size: int, length: int, ratio: float, *, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None) -> Tensor:
+    """``(B, M)`` bool, True = masked: exactly ``round(ratio * M)`` (at least 1, at most ``M - 1``) random
+    positions per example. Draws from ``generator`` (default: the global RNG)."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask_ratio={ratio!r} is invalid: expected a float in (0, 1)")
+    k = min(max(round(ratio * length), 1), length - 1)
+    noise = torch.rand(batch_size, length, generator=generator, device=generator.device if generator else device)
+    ranks = noise.argsort(dim=1).argsort(dim=1)  # (B, M): rank of each position's noise
+    return (ranks < k).to(device)
+
+
+def normalise_targets(x: Tensor, mode: str, eps: float = 1e-6) -> Tensor:
+    """``x: (B, M, C)`` -> targets: unchanged (``"none"``) or standardised per example (``"example"``)."""
+    if mode == "none":
+        return x
+    if mode == "example":
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        var = x.var(dim=(1, 2), keepdim=True, unbiased=False)
+        return (x - mean) / (var + eps).sqrt()
+    raise ValueError(f"norm_targets={mode!r} is invalid: expected one of {NORM_TARGETS}")
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over the masked positions: ``pred, target: (B, M, C)``, ``mask: (B, M)``."""
+    if pred.shape != target.shape or mask.shape != pred.shape[:2]:
+        raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and mask {tuple(mask.shape)} "
+                         "must be (B, M, C), (B, M, C) and (B, M)")
+    weight = mask.to(pred.dtype)[..., None]  # (B, M, 1)
+    return ((pred - target).square() * weight).sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+def square_side(index_dim: int) -> int:
+    """Side of a square image with ``index_dim`` pixels (HiP modalities are flat)."""
+    side = math.isqrt(index_dim)
+    if side * side != index_dim:
+        raise ValueError(f"the image modality has {index_dim} positions, not a square image")
+    return side
+
+
+def fourier_position_table(side: int, channels: int, num_bands: int | None = None) -> Tensor:
+    """2-D Fourier features of a ``side x side`` grid (official channel order, ``max_resolution = side``),
+    zero-padded to ``channels``: ``(side*side, channels)``. ``num_bands=None`` uses the most that fit."""
+    if num_bands is None:
+        num_bands = (channels // 2 - 1) // 2
+    width = 2 * (2 * num_bands + 1)
+    if num_bands < 1 or width > channels:
+        raise ValueError(f"fourier bands={num_bands} need {width} channels but the table has {channels}")
+    feats = fourier_features(grid_positions((side, side)), num_bands=num_bands, max_resolution=(side, side))
+    return F.pad(feats, (0, channels - width))
+
+
+def reconstruction_grid(images: Tensor, mask: Tensor, recon: Tensor, *, scale: int = 4) -> np.ndarray:
+    """One row per example, three panels: masked input (masked pixels blue), reconstruction (visible
+    pixels + predictions at masked ones), original. ``images, recon: (N, C, H, W)`` in [0, 1] (C = 1 or 3),
+    ``mask: (N, H, W)`` -> ``(N*(H*scale+2), 3*(W*scale+2), 3)`` uint8."""
+    rgb = lambda t: t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t  # noqa: E731
+    images, recon = rgb(images.float()), rgb(recon.float().clamp(0, 1))
+    m = mask[:, None].expand_as(images)
+    blue = torch.tensor([0.2, 0.3, 1.0]).view(1, 3, 1, 1).expand_as(images)
+    panels = [torch.where(m, blue, images), torch.where(m, recon, images), images]  # each (N, 3, H, W)
+    rows = []
+    for i in range(images.shape[0]):
+        tiles = [F.pad(p[i].repeat_interleave(scale, 1).repeat_interleave(scale, 2), (1, 1, 1, 1), value=1.0)
+                 for p in panels]
+        rows.append(torch.cat(tiles, dim=2))  # (3, H*scale+2, 3*(W*scale+2))
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0)
+    return (grid * 255).round().to(torch.uint8).numpy()
+
+
+@lru_cache(maxsize=4)
+def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from perceivers.data.digits import load_digits_split
+
+    d = load_digits_split()
+    return d.train_images, d.train_labels, d.test_images, d.test_labels
+
+
+@lru_cache(maxsize=4)
+def _natural(size: int, num_train: int, num_test: int) -> tuple[Tensor, Tensor]:
+    return natural_crops(num_train, size, seed=0), natural_crops(num_test, size, held_out=True, seed=1)
+
+
+def _augment(images: Tensor, max_shift: int, flip: bool) -> Tensor:
+    """Random ±``max_shift``-pixel shifts and optional horizontal flips (global RNG). ``(B, C, H, W)``."""
+    from perceivers.data.digits import random_shift
+
+    if max_shift > 0:
+        images = random_shift(images, max_shift, None)  # type: ignore[arg-type]  # None = global RNG
+    if flip:
+        flips = torch.rand(images.shape[0]) < 0.5
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid: expected one of {choices}")
+
+
+def _check_count(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid: expected an int >= {minimum}")
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+
+
+@dataclass(frozen=True, kw_only=True)
+class HiPMAETask:
+    """Masked-autoencoding pretraining of a HiP with a mask token on real images (engine ``Task``).
+
+    ``data="digits"``: scikit-learn's 8x8 digits (training split; labels unused), ``max_shift``-pixel
+    shifts. ``data="natural"``: ``crop_size``² RGB crops of scikit-image's photographs (held-out photo for
+    evaluation), random flips; the model's image modality is resized to the crop.
+    """
+
+    name: str = "hip-mae"
+    model: str = "hip-mae-digits"
+    data: str = "digits"
+    mask_ratio: float = 0.75
+    norm_targets: str = "none"
+    max_shift: int = 1
+    crop_size: int = 16
+    num_crops: int = 8192
+    num_eval_crops: int = 512
+    grid_examples: int = 8
+    eval_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("data", self.data, DATA_SOURCES)
+        _check_choice("norm_targets", self.norm_targets, NORM_TARGETS)
+        if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)) \
+                or not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio!r} is invalid: expected a float in (0, 1)")
+        _check_count("max_shift", self.max_shift, 0)
+        for name in ("crop_size", "num_crops", "num_eval_crops", "grid_examples"):
+            _check_count(name, getattr(self, name))
+
+    def _images(self, train: bool) -> Tensor:
+        if self.data == "digits":
+            tr, _, te, _ = _digits()
+            return tr if train else te
+        tr, te = _natural(self.crop_size, self.num_crops, self.num_eval_crops)
+        return tr if train else te
+
+    def build_model(self) -> nn.Module:
+        overrides = {}
+        if self.data == "natural":
+            overrides["modalities"] = {"image": (self.crop_size ** 2, 3)}
+        model = create_model(self.model, **overrides)
+        c = model.config
+        if not c.use_mask_token or len(c.inputs) != 1 or c.label_modalities:
+            raise ValueError(f"model {self.model!r} must be a HiP with use_mask_token=True and one image modality")
+        return model
+
+    def train_dataset(self) -> Dataset:
+        return TensorDataset(self._images(train=True))
+
+    def _reconstruct(self, model: nn.Module, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(prediction, target), both ``(B, M, C)`` in target space; ``mask: (B, M)``."""
+        name = model.config.inputs[0]
+        tokens = images_to_tokens(images)
+        out = model({name: tokens}, {name: mask})["input_reconstruction"][name]
+        return out, normalise_targets(tokens, self.norm_targets)
+
+    def training_loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, float]]:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        images = _augment(images, self.max_shift if self.data == "digits" else 0, flip=self.data == "natural")
+        b, _, h, w = images.shape
+        mask = random_mask(b, h * w, self.mask_ratio, device=images.device)
+        pred, target = self._reconstruct(model, images, mask)
+        loss = masked_mse(pred, target, mask)
+        return loss, {"masked_mse": loss.item()}
+
+    def _eval_masks(self, n: int, length: int) -> Tensor:
+        return random_mask(n, length, self.mask_ratio, generator=torch.Generator().manual_seed(self.eval_seed))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Masked MSE on held-out images with fixed masks, and the MSE of predicting each example's mean
+        visible target (a baseline that knows nothing of positions)."""
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        images = self._images(train=False)
+        masks = self._eval_masks(len(images), images.shape[2] * images.shape[3])
+        sse = base = count = 0.0
+        for start in range(0, len(images), 128):
+            x, m = images[start:start + 128].to(device), masks[start:start + 128].to(device)
+            pred, target = self._reconstruct(model, x, m)
+            w = m[..., None].float()
+            visible_mean = (target * (1 - w)).sum(dim=(1, 2), keepdim=True) / ((1 - w).sum(dim=(1, 2), keepdim=True)
+                                                                              * target.shape[-1])
+            sse += ((pred - target).square() * w).sum().item()
+            base += ((visible_mean - target).square() * w).sum().item()
+            count += w.sum().item() * target.shape[-1]
+        model.train(was)
+        return {"test_masked_mse": sse / count, "test_mean_baseline_mse": base / count,
+                "num_test_images": float(len(images))}
+
+    @torch.no_grad()
+    def on_end(self, model: nn.Module, out_dir: Path) -> None:
+        """``out_dir/reconstructions.png``: held-out examples (masked input | reconstruction | original)."""
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        images = self._images(train=False)[:self.grid_examples]
+        n, _, h, w = images.shape
+        mask = self._eval_masks(len(self._images(train=False)), h * w)[:n]
+        pred, _ = self._reconstruct(model, images.to(device), mask.to(device))
+        pred = pred.cpu()
+        if self.norm_targets == "example":  # back to pixel values with each example's statistics
+            tokens = images_to_tokens(images)
+            std = (tokens.var(dim=(1, 2), keepdim=True, unbiased=False) + 1e-6).sqrt()
+            pred = pred * std + tokens.mean(dim=(1, 2), keepdim=True)
+        grid = reconstruction_grid(images, mask.view(n, h, w), tokens_to_images(pred, h, w),
+                                   scale=max(1, 64 // h))
+        write_png(Path(out_dir) / "reconstructions.png", grid)
+        model.train(was)
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+@dataclass(frozen=True, kw_only=True)
+class HiPFinetuneTask:
+    """Digit classification with the pooled HiP classifier (engine ``Task``); only the position encoding
+    differs between arms: ``positions="mae"`` (tables of the HiP saved in ``pretrained``), ``"random"``
+    (the official fan-in initialisation) or ``"fourier"`` (fixed 2-D Fourier features, zero-padded to
+    ``C_emb``, always frozen). ``transfer="encoder"`` also copies the embedders and encoder/processor
+    blocks of the pretrained HiP (``"mae"`` only). The per-slot position projection is trained in every arm.
+    """
+
+    name: str = "hip-mae-finetune"
+    model: str = "hip-mae-digits-classifier"
+    positions: str = "mae"
+    pretrained: str | None = None
+    transfer: str = "positions"
+    freeze_positions: bool = True
+    fourier_bands: int | None = None
+    max_shift: int = 1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("positions", self.positions, POSITION_INITS)
+        _check_choice("transfer", self.transfer, TRANSFERS)
+        if self.positions == "mae" and not self.pretrained:
+            raise ValueError("positions='mae' needs pretrained=<folder of a saved hip-mae model>")
+        if self.transfer == "encoder" and self.positions != "mae":
+            raise ValueError(f"transfer='encoder' needs positions='mae', got positions={self.positions!r}")
+        if not isinstance(self.freeze_positions, bool):
+            raise TypeError(f"freeze_positions must be a bool, got {self.freeze_positions!r}")
+        _check_count("max_shift", self.max_shift, 0)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={self.label_smoothing!r} is invalid: expected a float in [0, 1)")
+
+    def build_model(self) -> nn.Module:
+        from perceivers.hub import from_pretrained
+
+        model = create_model(self.model)
+        c = model.config.hip
+        if self.positions == "mae":
+            hip = from_pretrained(self.pretrained)
+            prefixes = ("position_tables.",) if self.transfer == "positions" else ("position_tables.", "embedders.",
+                                                                                 "blocks.")
+            model.load_hip_weights(hip, prefixes)
+        elif self.positions == "fourier":
+            with torch.no_grad():
+                for name, table in model.position_tables.items():
+                    side = square_side(c.modalities[name][0])
+                    table.copy_(fourier_position_table(side, table.shape[1], self.fourier_bands))
+        if self.freeze_positions or self.positions == "fourier":
+            for table in model.position_tables.values():
+                table.requires_grad_(False)
+        return model
+
+    def train_dataset(self) -> Dataset:
+        tr_x, tr_y, _, _ = _digits()
+        return TensorDataset(tr_x, tr_y)
+
+    @staticmethod
+    def _inputs(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+        return {model.config.hip.inputs[0]: images_to_tokens(images)}
+
+    def training_loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, float]]:
+        images, labels = batch
+        images = _augment(images, self.max_shift, flip=False)
+        logits = model(self._inputs(model, images))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return loss, {"train_accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        _, _, te_x, te_y = _digits()
+        correct, loss = 0, 0.0
+        for start in range(0, len(te_x), 256):
+            x, y = te_x[start:start + 256].to(device), te_y[start:start + 256].to(device)
+            logits = model(self._inputs(model, x))
+            correct += (logits.argmax(-1) == y).sum().item()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+        model.train(was)
+        return {"test_accuracy": correct / len(te_x), "test_loss": loss / len(te_x), "num_test": float(len(te_x))}
+
+    def on_end(self, model: nn.Module, out_dir: Path) -> None:
+        """Nothing beyond the engine's model and metrics."""
