@@ -140,7 +140,7 @@ def test_errors(saved, tmp_path, capsys):
     bad = _copy(src, tmp_path / "no_weights")
     (bad / "model.safetensors").unlink()
     assert "model.safetensors is missing" in _cli_error(capsys, bad, tmp_path / "o")
-    for arch, message in (("PerceiverForOpticalFlow", "PerceiverForOpticalFlow is not supported yet"),
+    for arch, message in (("PerceiverModel", "PerceiverModel is not supported yet"),
                           ("PerceiverForX", "unknown HF architecture 'PerceiverForX'")):
         bad = _copy(src, tmp_path / arch)
         cfg = json.loads((bad / "config.json").read_text())

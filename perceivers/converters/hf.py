@@ -6,8 +6,9 @@ in ``architectures``) and ``model.safetensors`` (a legacy ``pytorch_model.bin`` 
 the declarative tables of :mod:`perceivers.converters.hf_keys`; configs are translated by the small
 explicit functions below. Supported heads: ``PerceiverForImageClassificationFourier``,
 ``PerceiverForMaskedLM``, ``PerceiverForSequenceClassification``,
-``PerceiverForImageClassificationLearned``, ``PerceiverForImageClassificationConvProcessing``. Not
-supported yet: optical flow and multimodal autoencoding.
+``PerceiverForImageClassificationLearned``, ``PerceiverForImageClassificationConvProcessing``,
+``PerceiverForOpticalFlow`` (config translation in :mod:`perceivers.converters.hf_flow`). Not
+supported yet: multimodal autoencoding.
 
 Semantics (perceiver-io.md §13): by default a converted model keeps the OFFICIAL DeepMind computation:
 
@@ -16,7 +17,9 @@ Semantics (perceiver-io.md §13): by default a converted model keeps the OFFICIA
 - the learned-position image classifier's decoder has no query residual (official; HF turns it on, item 6);
 - attention-probability dropout 0 (HF configs store 0.1, item 3; never inherited silently);
 - the conv classifier keeps TF-SAME conv/pool padding (``conv_padding='tf_same'``, 56x56 tokens at 224;
-  HF pads (3, 3) and does not pad the pool: 55x55, item 7).
+  HF pads (3, 3) and does not pad the pool: 55x55, item 7);
+- the flow model returns flow in pixels (``flow_scale_factor=20``, the colab's x20; HF returns pixels / 20,
+  item 14).
 
 Kernels (item 8): HF's original converter spatially transposed every conv kernel, so the HF Hub checkpoint
 ``deepmind/vision-perceiver-conv`` stores its 7x7 kernel as (O, I, W, H). ``undo_hf_kernel_transpose=True``
@@ -27,7 +30,7 @@ transformers itself (random init, local training) are not transposed.
 With ``hf_compat=True`` the converted model reproduces HF's numbers instead: activation from
 ``hidden_act`` (``gelu`` -> ``gelu``, ``gelu_pytorch_tanh``/``gelu_new`` -> ``gelu_tanh``), query
 residual in the learned decoder, ``attention_dropout_prob`` from ``attention_probs_dropout_prob``,
-``conv_padding='hf'`` for the conv classifier.
+``conv_padding='hf'`` for the conv classifier, ``flow_scale_factor=1.0`` for the flow model.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from perceivers.converters.hf_flow import FLOW, flow_config_from_hf, flow_fields_for_hf
 from perceivers.converters.hf_keys import HEAD_TABLES, expand_rows, map_state_dict
 from perceivers.hub import (CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_state_dict_strict, read_json_object,
                             write_json)
 from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
+from perceivers.models.flow_config import PerceiverIOFlowConfig
 from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
 
 FOURIER = "PerceiverForImageClassificationFourier"
@@ -50,9 +55,8 @@ LEARNED = "PerceiverForImageClassificationLearned"
 MLM = "PerceiverForMaskedLM"
 SEQ_CLS = "PerceiverForSequenceClassification"
 CONV = "PerceiverForImageClassificationConvProcessing"
-SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED, CONV)
-NOT_SUPPORTED_YET = ("PerceiverForOpticalFlow",
-                     "PerceiverForMultimodalAutoencoding", "PerceiverModel")
+SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED, CONV, FLOW)
+NOT_SUPPORTED_YET = ("PerceiverForMultimodalAutoencoding", "PerceiverModel")
 
 #: HF ``hidden_act`` -> our activation (used with ``hf_compat=True``).
 HF_TO_OURS_ACTIVATION = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu"}
@@ -145,6 +149,8 @@ def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[s
     arch = hf_architecture(hf)
     encoder = hf_encoder_config(hf, hf_compat=hf_compat)
     activation = hf_activation(hf, hf_compat=hf_compat)
+    if arch == FLOW:
+        return arch, flow_config_from_hf(hf, encoder=encoder, activation=activation, hf_compat=hf_compat)
     size = _get(hf, "image_size")
     if arch == FOURIER:
         prep = ImagePreprocessorConfig(image_size=(size, size), in_channels=3, prep_type="pixels", spatial_downsample=1,
@@ -207,7 +213,7 @@ def _check_hf_classification_decoder(dec: DecoderConfig, latent_channels: int) -
              "learned-position model has none: convert it from HF with --hf-compat to get an HF-equivalent one)")
 
 
-def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig) -> dict[str, Any]:
+def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig | PerceiverIOFlowConfig) -> dict[str, Any]:
     """Our config -> an HF ``config.json`` dict (``architectures`` set); ``ValueError`` if HF cannot express it."""
     fields = _hf_encoder_fields(config.encoder, config.activation)
     dec = config.decoder
@@ -256,9 +262,13 @@ def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig) -> 
             raise ValueError(f"cannot express this model as an HF transformers Perceiver: prep_type={p.prep_type!r} "
                              f"with {p.position_encoding!r} positions (supported: pixels+fourier, conv1x1+trainable, conv+fourier)")
         fields["image_size"] = h
+    elif isinstance(config, PerceiverIOFlowConfig):
+        fields.update(flow_fields_for_hf(config))
+        arch = FLOW
     else:
-        raise TypeError(f"expected a PerceiverIOConfig or PerceiverIOLanguageConfig, got {type(config).__name__}")
-    if dec.type == "classification":
+        raise TypeError(f"expected a PerceiverIOConfig, PerceiverIOLanguageConfig or PerceiverIOFlowConfig, "
+                        f"got {type(config).__name__}")
+    if getattr(dec, "type", None) == "classification":
         fields["id2label"] = {str(i): f"LABEL_{i}" for i in range(dec.num_outputs)}
         fields["label2id"] = {f"LABEL_{i}": i for i in range(dec.num_outputs)}
     return {"architectures": [arch], "model_type": "perceiver", **fields}
@@ -322,6 +332,7 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
     for an unsupported architecture or missing / unexpected / mis-shaped tensors.
     """
     from perceivers.models.perceiver_io import PerceiverIO
+    from perceivers.models.perceiver_io_flow import PerceiverIOFlow
     from perceivers.models.perceiver_io_language import PerceiverIOLanguage
 
     hf, hf_state = read_hf_folder(src)
@@ -331,7 +342,8 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
             raise ValueError(f"{src}: undo_hf_kernel_transpose applies only to {CONV}, not {arch}")
         hf_state = _undo_transpose(hf_state)
     mapping = expand_rows(HEAD_TABLES[arch], num_self_attends_per_block=config.encoder.num_self_attends_per_block)
-    cls = PerceiverIOLanguage if isinstance(config, PerceiverIOLanguageConfig) else PerceiverIO
+    cls = {PerceiverIOLanguageConfig: PerceiverIOLanguage, PerceiverIOFlowConfig: PerceiverIOFlow}.get(type(config),
+                                                                                                 PerceiverIO)
     try:
         state = map_state_dict(hf_state, mapping, source=f"HF {arch}")
         with torch.device("meta"):

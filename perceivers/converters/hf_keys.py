@@ -136,6 +136,18 @@ CONV_IMAGE_PREPROCESSOR: tuple[KeyRow, ...] = (
       for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")),
 )
 
+#: HF ``PerceiverForOpticalFlow``: patches preprocessor ``conv_after_patches`` ``Linear(54 -> 64)`` ->
+#: our ``FlowPreprocessor``'s ``patches_linear`` ``(64, 54)``; ``PerceiverOpticalFlowDecoder`` wraps a
+#: ``PerceiverBasicDecoder`` (Fourier queries built but unused: no parameters) -> our ``FlowDecoder``
+#: (cross-attend with 322-wide queries, ``output`` ``(2, 322)``).
+FLOW_PREPROCESSOR: tuple[KeyRow, ...] = (
+    ("perceiver.input_preprocessor.conv_after_patches.{param}", "preprocessor.image.patches_linear.{param}"),
+)
+FLOW_DECODER: tuple[KeyRow, ...] = (
+    *prefixed(CROSS_ATTENTION_LAYER, _HF_BASIC_DECODER + "decoding_cross_attention.", "decoder.cross_attend."),
+    (_HF_BASIC_DECODER + "final_layer.{param}", "decoder.output.{param}"),
+)
+
 #: Full tables per HF head class. The Fourier pixels preprocessor has no parameters.
 HEAD_TABLES: dict[str, tuple[KeyRow, ...]] = {
     "PerceiverForImageClassificationLearned": LEARNED_IMAGE_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
@@ -143,6 +155,7 @@ HEAD_TABLES: dict[str, tuple[KeyRow, ...]] = {
     "PerceiverForImageClassificationConvProcessing": CONV_IMAGE_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
     "PerceiverForMaskedLM": TEXT_PREPROCESSOR + ENCODER + MLM_DECODER,
     "PerceiverForSequenceClassification": TEXT_PREPROCESSOR + ENCODER + CLASSIFICATION_DECODER,
+    "PerceiverForOpticalFlow": FLOW_PREPROCESSOR + ENCODER + FLOW_DECODER,
 }
 
 
