@@ -304,3 +304,46 @@ def test_training_mode_and_cache_misuse_are_rejected():
         model(torch.tensor([[4], [5]]), cache=cache)
     with pytest.raises(ValueError, match="capacity"):
         LayerKVCache(0)
+
+
+# ------------------------------------------------------------------------------ decode speed paths
+
+def test_cache_reports_all_valid_history_as_none():
+    """An all-valid history is returned as None (decode then runs unmasked); one invalid entry makes
+    it an explicit mask until the next reset."""
+    cache = LayerKVCache(6)
+    k = torch.randn(1, 2, 2, 4)
+    assert cache.update(k, k, None)[2] is None
+    assert cache.update(k, k, torch.tensor([[True, False]]))[2] is None  # the history before this call
+    past = cache.update(k[:, :, :1], k[:, :, :1], None)[2]
+    assert past is not None and past.tolist() == [[True, True, True, False]]
+    cache.reset()
+    assert cache.update(k, k, None)[2] is None
+
+
+def test_column_major_layout_changes_only_expanding_weights_and_is_restored():
+    from perceivers.generation.layout import column_major_linears
+
+    model = make("rotary")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fc1 = model.self_attends[0].mlp.fc1.weight
+    square = model.self_attends[0].attention.q_proj.weight
+    assert fc1.shape[0] > fc1.shape[1] and square.shape[0] == square.shape[1]
+    with column_major_linears(model):
+        assert fc1.stride() == (1, fc1.shape[0]) and square.is_contiguous()
+    assert fc1.is_contiguous()
+    with pytest.raises(RuntimeError, match="boom"), column_major_linears(model):
+        raise RuntimeError("boom")
+    assert all(p.is_contiguous() for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_column_major_decode_matches_the_plain_layout(position):
+    model = make(position)
+    prompt = torch.randint(0, 11, (2, 7))
+    fast = generate(model, prompt, max_new_tokens=6, output_logits=True)
+    plain = generate(model, prompt, max_new_tokens=6, output_logits=True, column_major_decode=False)
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-5)

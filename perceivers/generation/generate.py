@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from perceivers.generation.kv_cache import PerceiverARCache
+from perceivers.generation.layout import column_major_linears
 from perceivers.generation.sampling import check_sampling_args, sample_next
 
 
@@ -191,7 +192,7 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
              top_p: float | None = None, num_beams: int = 1, length_penalty: float = 1.0,
              eos_token_id: int | None = None, pad_token_id: int = 0, cache_latents: int | None = None,
              generator: torch.Generator | None = None, output_logits: bool = False,
-             streamer: Callable[[Tensor], None] | None = None) -> GenerationOutput:
+             streamer: Callable[[Tensor], None] | None = None, column_major_decode: bool = True) -> GenerationOutput:
     """Continue each prompt by up to ``max_new_tokens`` tokens with cached decoding.
 
     ``prompt``: ``(B, L)`` ids right-padded with ``prompt_lengths`` (default all ``L``), ``(L,)``, or a
@@ -201,7 +202,10 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
     ``generated_length ** length_penalty``). An example stops after emitting ``eos_token_id``;
     ``cache_latents``: latent cache size ``S`` (even, default ``num_latents``). ``streamer`` (not with
     beam search) is called with each step's tokens ``(B,)`` as soon as they are chosen
-    (``pad_token_id`` for examples that already ended).
+    (``pad_token_id`` for examples that already ended). ``column_major_decode``: on CPU, store the
+    linear weights column-major while decoding (:mod:`perceivers.generation.layout`; ~1.7x faster
+    one-token steps, restored afterwards; logits change only by float summation order); ``False`` keeps
+    the weights as they are.
     """
     check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
     device = next(model.parameters()).device
@@ -217,32 +221,34 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
             raise ValueError("streamer is not supported with beam search (num_beams > 1): beams change until the end")
         from perceivers.generation.beam import beam_search
 
-        return beam_search(model, ids, lengths, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                           length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                           cache_latents=s)
+        with column_major_linears(model, enabled=column_major_decode):
+            return beam_search(model, ids, lengths, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                               length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                               cache_latents=s)
     decoder = CachedDecoder(model, ids, lengths, max_new_tokens=max_new_tokens, cache_latents=s)
     b = ids.shape[0]
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     generated = torch.zeros(b, dtype=torch.long, device=device)
     steps: list[Tensor] = []
     logits = decoder.full_pass() if max_new_tokens > 0 else None
-    for step in range(max_new_tokens):
-        assert logits is not None
-        if output_logits:
-            steps.append(logits.float())
-        token = sample_next(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                            generator=generator)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        generated += (~finished).long()
-        if streamer is not None:
-            streamer(token)
-        if eos_token_id is not None:
-            finished = finished | (token == eos_token_id)
-        if step == max_new_tokens - 1 or bool(finished.all()):
-            rows = torch.arange(b, device=device)
-            decoder.tokens[rows, decoder.lengths] = token  # the last token needs no forward pass
-            break
-        logits = decoder.append(token)
+    with column_major_linears(model, enabled=column_major_decode and max_new_tokens > 1):
+        for step in range(max_new_tokens):
+            assert logits is not None
+            if output_logits:
+                steps.append(logits.float())
+            token = sample_next(logits, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                generator=generator)
+            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            generated += (~finished).long()
+            if streamer is not None:
+                streamer(token)
+            if eos_token_id is not None:
+                finished = finished | (token == eos_token_id)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                rows = torch.arange(b, device=device)
+                decoder.tokens[rows, decoder.lengths] = token  # the last token needs no forward pass
+                break
+            logits = decoder.append(token)
     total = lengths + generated
     width = int(total.max())
     sequences = decoder.tokens[:, :width].clone()

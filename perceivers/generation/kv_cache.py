@@ -31,6 +31,7 @@ class LayerKVCache:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.valid: Tensor | None = None
+        self.all_valid = True  # no stored entry is invalid (then attention needs no mask over them)
 
     @property
     def free(self) -> int:
@@ -38,7 +39,8 @@ class LayerKVCache:
 
     def update(self, k: Tensor, v: Tensor, kv_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Append ``k: (B, H, T, Dqk)``, ``v: (B, H, T, Dv)`` and their validity ``kv_mask: (B, T)``;
-        return every stored ``k, v`` ``(B, H, P+T, D)`` and the validity ``(B, P)`` of the earlier entries."""
+        return every stored ``k, v`` ``(B, H, P+T, D)`` and the validity ``(B, P)`` of the earlier entries
+        (``None`` when every one of them is valid)."""
         b, h, t, _ = k.shape
         if t > self.free:
             raise ValueError(f"KV cache overflow: {t} new entries but only {self.free} of {self.capacity} slots "
@@ -53,13 +55,19 @@ class LayerKVCache:
         p, end = self.length, self.length + t
         self.k[:, :, p:end] = k
         self.v[:, :, p:end] = v
-        self.valid[:, p:end] = True if kv_mask is None else kv_mask
+        past_valid = None if self.all_valid else self.valid[:, :p]
+        if kv_mask is None:
+            self.valid[:, p:end] = True
+        else:
+            self.valid[:, p:end] = kv_mask
+            self.all_valid = self.all_valid and bool(kv_mask.all())
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end], self.valid[:, :p]
+        return self.k[:, :, :end], self.v[:, :, :end], past_valid
 
     def reset(self) -> None:
         """Forget every entry (the buffers are kept and overwritten)."""
         self.length = 0
+        self.all_valid = True
         if self.valid is not None:
             self.valid.zero_()
 

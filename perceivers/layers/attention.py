@@ -26,7 +26,8 @@ class KVCacheLayer(Protocol):
     ``update(k, v, kv_mask)`` appends the new ``k: (B, H, T, Dqk)`` (rotary already applied) and
     ``v: (B, H, T, Dv)``, with ``kv_mask: (B, T)`` bool marking which new entries later queries may
     attend (``None`` = all), and returns every stored key and value ``(B, H, P+T, D)`` together with
-    the validity ``(B, P)`` of the ``P`` entries stored *before* this call.
+    the validity ``(B, P)`` of the ``P`` entries stored *before* this call, or ``None`` when all of them
+    are valid (decoding then runs without a mask).
     """
 
     def update(self, k: Tensor, v: Tensor, kv_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]: ...
@@ -59,9 +60,13 @@ def _extend_with_cache(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Store the new ``k, v: (B, H, M, D)`` and return all stored ones with a mask over them: the
     valid past entries, then ``mask`` (default: all) over the new ones; ``(B, P+M)`` unless ``mask``
-    is ``(B, N, M)``, then ``(B, N, P+M)``."""
+    is ``(B, N, M)``, then ``(B, N, P+M)``; ``None`` when every past entry is valid and ``mask`` is ``None``."""
     b, _, m, _ = k.shape
-    k, v, past_valid = kv_cache.update(k, v, kv_mask)  # (B, H, P+M, D), (B, P)
+    k, v, past_valid = kv_cache.update(k, v, kv_mask)  # (B, H, P+M, D), (B, P) or None
+    if past_valid is None:
+        if mask is None:
+            return k, v, None
+        past_valid = mask.new_ones(b, k.shape[2] - m)
     if mask is None or mask.dim() == 2:
         new = mask if mask is not None else past_valid.new_ones(b, m)
         return k, v, torch.cat([past_valid, new], dim=-1)  # (B, P+M)

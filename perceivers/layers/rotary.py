@@ -21,10 +21,16 @@ from torch import Tensor, nn
 
 
 class Rotary(NamedTuple):
-    """Cosines and sines of the rotation angles, each ``(B, T, R)`` (pair members repeated)."""
+    """Cosines and sines of the rotation angles, each ``(B, T, R)`` (pair members repeated).
+
+    ``signed_sin`` (optional, same shape): ``sin`` with the first member of every pair negated, which
+    :func:`apply_rotary` needs; :class:`RotaryEmbedding` precomputes it so that one set of angles
+    applied in many layers pays for it once.
+    """
 
     cos: Tensor
     sin: Tensor
+    signed_sin: Tensor | None = None
 
 
 def rotary_channels(head_dim: int, fraction: float) -> int:
@@ -57,16 +63,26 @@ class RotaryEmbedding(nn.Module):
         self.fraction = fraction
         self.num_channels = rotary_channels(head_dim, fraction)
         self.max_wavelength = max_wavelength
+        self._inverse_wavelengths: dict[torch.device, Tensor] = {}  # per-device cache, not state
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, rotated={self.num_channels}, max_wavelength={self.max_wavelength}"
 
     def forward(self, positions: Tensor) -> Rotary:
         """``positions: (B, T)`` (0 = padding, rotated by angle 0) -> :class:`Rotary` with ``(B, T, R)``."""
-        wavelengths = rotary_wavelengths(self.num_channels, self.max_wavelength, device=positions.device)
-        angles = positions.to(torch.float32)[..., None] / wavelengths  # (B, T, R/2)
-        angles = angles.repeat_interleave(2, dim=-1)  # (B, T, R): both members of a pair share an angle
-        return Rotary(angles.cos(), angles.sin())
+        inverse = self._inverse_wavelengths.get(positions.device)
+        if inverse is None:  # (R,): both members of a pair share a wavelength
+            wavelengths = rotary_wavelengths(self.num_channels, self.max_wavelength, device=positions.device)
+            inverse = (1.0 / wavelengths).repeat_interleave(2)
+            self._inverse_wavelengths[positions.device] = inverse
+        angles = positions.to(torch.float32)[..., None] * inverse  # (B, T, R)
+        sin = angles.sin()
+        return Rotary(angles.cos(), sin, _sign_pairs(sin))
+
+
+def _sign_pairs(sin: Tensor) -> Tensor:
+    """``(..., R)`` -> the same with channels ``2k`` negated."""
+    return (sin.unflatten(-1, (-1, 2)) * sin.new_tensor([-1.0, 1.0])).flatten(-2)
 
 
 def apply_rotary(x: Tensor, rotary: Rotary) -> Tensor:
@@ -75,9 +91,9 @@ def apply_rotary(x: Tensor, rotary: Rotary) -> Tensor:
     if r > x.shape[-1] or rotary.cos.shape[:2] != (x.shape[0], x.shape[2]):
         raise ValueError(f"rotary angles of shape {tuple(rotary.cos.shape)} do not fit heads of shape "
                          f"{tuple(x.shape)} (expected (B, T, R) with R <= head_dim)")
+    signed_sin = _sign_pairs(rotary.sin) if rotary.signed_sin is None else rotary.signed_sin
     cos = rotary.cos[:, None].to(x.dtype)  # (B, 1, T, R)
-    sin = rotary.sin[:, None].to(x.dtype)
+    signed_sin = signed_sin[:, None].to(x.dtype)
     x_rot, x_pass = x[..., :r], x[..., r:]
-    pairs = x_rot.unflatten(-1, (r // 2, 2))  # (B, H, T, R/2, 2)
-    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (B, H, T, R)
-    return torch.cat((x_rot * cos + swapped * sin, x_pass), dim=-1)
+    swapped = x_rot.unflatten(-1, (r // 2, 2)).flip(-1).flatten(-2)  # (x[2k+1], x[2k]) pairs: (B, H, T, R)
+    return torch.cat((x_rot * cos + swapped * signed_sin, x_pass), dim=-1)

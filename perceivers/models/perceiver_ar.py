@@ -327,6 +327,8 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         ``input_ids`` are the next tokens of every example (no padding) and each one is a latent.
         """
         lengths, n = self._check_inputs(input_ids, lengths, num_latents, cache)
+        if cache is not None and not bool(cache.num_tokens.eq(0).all()):
+            return self._decode(input_ids, lengths, cache)
         b, m = input_ids.shape
         index = torch.arange(m, device=input_ids.device).expand(b, m)  # (B, M)
         valid = index < lengths[:, None]
@@ -351,6 +353,31 @@ class PerceiverAR(PretrainedMixin, nn.Module):
                       kv_mask=steps >= 0 if caching else None)
         if caching:
             cache.advance(lengths)
+        return self.logits(self.final_norm(z))
+
+    def _decode(self, input_ids: Tensor, lengths: Tensor, cache: ARCache) -> Tensor:
+        """Cached step: ``input_ids: (B, T)`` are the next real tokens of every example, each a latent.
+
+        The general path would build the same thing (causal masks among the new tokens, every new
+        key valid); this one skips the index bookkeeping so that one-token steps stay cheap.
+        """
+        b, t = input_ids.shape
+        index = cache.num_tokens.to(input_ids.device)[:, None] + torch.arange(t, device=input_ids.device)
+        positions = self.token_positions(index, torch.ones_like(index, dtype=torch.bool))  # (B, T) or (B, T, D)
+        x = self.embed(input_ids, positions)  # (B, T, C)
+        z = self.query_proj(x)  # (B, T, D)
+        causal = None
+        if t > 1:
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril().expand(b, t, t)
+        q_rot = z_rot = None
+        if self.cross_rotary is not None:
+            q_rot = self.cross_rotary(positions)
+            same = self.self_rotary.num_channels == self.cross_rotary.num_channels
+            z_rot = q_rot if same else self.self_rotary(positions)
+        z = self.cross_attend(z, x, causal, q_rotary=q_rot, k_rotary=q_rot, kv_cache=cache.cross)
+        for i, layer in enumerate(self.self_attends):
+            z = layer(z, causal, rotary=z_rot, kv_cache=cache.latents[i])
+        cache.advance(lengths)
         return self.logits(self.final_norm(z))
 
     def generate(self, prompt: Any, **kwargs: Any) -> Any:
