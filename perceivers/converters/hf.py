@@ -7,8 +7,9 @@ the declarative tables of :mod:`perceivers.converters.hf_keys`; configs are tran
 explicit functions below. Supported heads: ``PerceiverForImageClassificationFourier``,
 ``PerceiverForMaskedLM``, ``PerceiverForSequenceClassification``,
 ``PerceiverForImageClassificationLearned``, ``PerceiverForImageClassificationConvProcessing``,
-``PerceiverForOpticalFlow`` (config translation in :mod:`perceivers.converters.hf_flow`). Not
-supported yet: multimodal autoencoding.
+``PerceiverForOpticalFlow`` (config translation in :mod:`perceivers.converters.hf_flow`),
+``PerceiverForMultimodalAutoencoding`` (key table and config translation in
+:mod:`perceivers.converters.hf_multimodal`).
 
 Semantics (perceiver-io.md §13): by default a converted model keeps the OFFICIAL DeepMind computation:
 
@@ -44,19 +45,23 @@ from torch import Tensor, nn
 
 from perceivers.converters.hf_flow import FLOW, flow_config_from_hf, flow_fields_for_hf
 from perceivers.converters.hf_keys import HEAD_TABLES, expand_rows, map_state_dict
+from perceivers.converters.hf_multimodal import (MULTIMODAL, MULTIMODAL_TABLE, hf_multimodal_config,
+                                                 multimodal_config_to_hf)
 from perceivers.hub import (CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_state_dict_strict, read_json_object,
                             write_json)
 from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
 from perceivers.models.flow_config import PerceiverIOFlowConfig
 from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
+from perceivers.models.multimodal_config import PerceiverIOMultimodalConfig
 
 FOURIER = "PerceiverForImageClassificationFourier"
 LEARNED = "PerceiverForImageClassificationLearned"
 MLM = "PerceiverForMaskedLM"
 SEQ_CLS = "PerceiverForSequenceClassification"
 CONV = "PerceiverForImageClassificationConvProcessing"
-SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED, CONV, FLOW)
-NOT_SUPPORTED_YET = ("PerceiverForMultimodalAutoencoding", "PerceiverModel")
+SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED, CONV, FLOW, MULTIMODAL)
+NOT_SUPPORTED_YET = ("PerceiverModel",)
+_TABLES = {**HEAD_TABLES, MULTIMODAL: MULTIMODAL_TABLE}
 
 #: HF ``hidden_act`` -> our activation (used with ``hf_compat=True``).
 HF_TO_OURS_ACTIVATION = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu"}
@@ -151,6 +156,8 @@ def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[s
     activation = hf_activation(hf, hf_compat=hf_compat)
     if arch == FLOW:
         return arch, flow_config_from_hf(hf, encoder=encoder, activation=activation, hf_compat=hf_compat)
+    if arch == MULTIMODAL:
+        return arch, hf_multimodal_config(hf, encoder=encoder, activation=activation, num_labels=hf_num_labels(hf))
     size = _get(hf, "image_size")
     if arch == FOURIER:
         prep = ImagePreprocessorConfig(image_size=(size, size), in_channels=3, prep_type="pixels", spatial_downsample=1,
@@ -265,6 +272,9 @@ def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig | Pe
     elif isinstance(config, PerceiverIOFlowConfig):
         fields.update(flow_fields_for_hf(config))
         arch = FLOW
+    elif isinstance(config, PerceiverIOMultimodalConfig):
+        fields.update(multimodal_config_to_hf(config))
+        arch = MULTIMODAL
     else:
         raise TypeError(f"expected a PerceiverIOConfig, PerceiverIOLanguageConfig or PerceiverIOFlowConfig, "
                         f"got {type(config).__name__}")
@@ -333,6 +343,7 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
     """
     from perceivers.models.perceiver_io import PerceiverIO
     from perceivers.models.perceiver_io_flow import PerceiverIOFlow
+    from perceivers.models.perceiver_io_multimodal import PerceiverIOMultimodal
     from perceivers.models.perceiver_io_language import PerceiverIOLanguage
 
     hf, hf_state = read_hf_folder(src)
@@ -341,9 +352,9 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
         if arch != CONV:
             raise ValueError(f"{src}: undo_hf_kernel_transpose applies only to {CONV}, not {arch}")
         hf_state = _undo_transpose(hf_state)
-    mapping = expand_rows(HEAD_TABLES[arch], num_self_attends_per_block=config.encoder.num_self_attends_per_block)
-    cls = {PerceiverIOLanguageConfig: PerceiverIOLanguage, PerceiverIOFlowConfig: PerceiverIOFlow}.get(type(config),
-                                                                                                 PerceiverIO)
+    mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=config.encoder.num_self_attends_per_block)
+    cls = {PerceiverIOLanguageConfig: PerceiverIOLanguage, PerceiverIOFlowConfig: PerceiverIOFlow,
+           PerceiverIOMultimodalConfig: PerceiverIOMultimodal}.get(type(config), PerceiverIO)
     try:
         state = map_state_dict(hf_state, mapping, source=f"HF {arch}")
         with torch.device("meta"):
@@ -364,7 +375,7 @@ def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path
     model = from_pretrained(src)
     hf = ours_config_to_hf(model.config)
     arch = hf["architectures"][0]
-    mapping = expand_rows(HEAD_TABLES[arch], num_self_attends_per_block=model.config.encoder.num_self_attends_per_block)
+    mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=model.config.encoder.num_self_attends_per_block)
     reverse = {ours: theirs for theirs, ours in mapping.items()}
     state = map_state_dict(model.state_dict(), reverse, source="perceivers")
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
