@@ -16,7 +16,7 @@ def test_train_then_eval_digits(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_test"] == 360
     assert metrics["split"] == {"test_size": 0.2, "random_state": 0, "stratified": True}
-    assert metrics["train"]["epochs"] == 1
+    assert metrics["engine"]["epochs"] == 1
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["steps"] == 6  # ceil(1437 / 256)
     assert (out / "model" / "config.json").is_file() and (out / "model" / "model.safetensors").is_file()
     printed = capsys.readouterr().out

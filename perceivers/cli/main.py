@@ -1,53 +1,48 @@
-"""The ``perceivers`` command line: ``train``, ``eval``, ``models``, ``convert``, ``generate``, ``fill-mask``."""
+"""The ``perceivers`` command line: ``train``, ``plot``, ``eval``, ``models``, ``convert``, ``generate``, ``fill-mask``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Sequence
 
 from perceivers import __version__
 
-_TRAIN_FIELDS = {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "seed": int,
-                 "warmup_fraction": float, "label_smoothing": float, "grad_clip": float, "device": str}
-_TEXT_TRAIN_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "seed", "warmup_fraction", "grad_clip", "device")
-_ONLY = {"digits": ("epochs", "label_smoothing", "max_shift"),
-         "text": ("steps", "context", "latents", "channels", "layers", "heads", "eval_windows", "data_root", "include_tests")}
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train a recipe on its embedded data",
-        description="Train a recipe, evaluate it on its fixed held-out split and save the model (config.json + "
-                    "model.safetensors) and metrics.json under --out.",
-)
-    p.add_argument("recipe", choices=["digits", "text"],
-                   help="digits: Perceiver IO on scikit-learn's 1,797 real 8x8 digits; text: byte-level Perceiver "
-                        "AR on the Python standard library's sources")
-    p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE)")
-    from perceivers.training.recipes import DigitsRecipe, TextRecipe
+    from perceivers.training.recipes import RECIPES
 
-    defaults, text = DigitsRecipe(), TextRecipe()
-    for name, typ in _TRAIN_FIELDS.items():
-        shared = f", text default: {getattr(text.train, name)}" if name in _TEXT_TRAIN_FIELDS else " (digits only)"
-        p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None,
-                       help=f"override {name} (digits default: {getattr(defaults.train, name)}{shared})")
-    p.add_argument("--max-shift", type=int, default=None,
-                   help=f"augmentation: random shift in pixels, 0 = off (digits default: {defaults.max_shift})")
-    p.add_argument("--steps", type=int, default=None, help=f"text: training steps (default {text.train.steps})")
-    p.add_argument("--context", type=int, default=None, help="text: context length M (default 1024)")
-    p.add_argument("--latents", type=int, default=None, help="text: number of latents N (default 128)")
-    p.add_argument("--channels", type=int, default=None, help="text: model width (default 192)")
-    p.add_argument("--layers", type=int, default=None, help="text: self-attention layers (default 4)")
-    p.add_argument("--heads", type=int, default=None, help="text: attention heads (default 6)")
-    p.add_argument("--eval-windows", type=int, default=None,
-                   help=f"text: fixed validation windows (default {text.eval_windows})")
-    p.add_argument("--data-root", default=None, help="text: folder of *.py files (default: the Python stdlib)")
-    p.add_argument("--include-tests", action="store_true", default=None, help="text: keep the stdlib test suites")
+    p = sub.add_parser(
+        "train", help="train a recipe on the training engine (one process, or many under torchrun)", allow_abbrev=False,
+        description="Train a recipe, evaluate it on its held-out data and save the model (config.json + "
+                    "model.safetensors), metrics.json, metrics.csv / eval.csv and checkpoints under --out. "
+                    "Any recipe or engine setting can be overridden: --KEY VALUE or --set KEY=VALUE "
+                    "(e.g. --lr 3e-4 --optimizer lamb --strategy ddp); a bad key lists the valid ones.",
+        epilog="engine keys: steps, epochs, batch_size (global), lr, optimizer (adamw|lamb), schedule "
+               "(cosine|constant_cosine|linear|constant), warmup_steps, warmup_fraction, constant_fraction, "
+               "weight_decay, grad_clip, label_smoothing, grad_accum, precision (fp32|bf16), "
+               "activation_checkpointing, compile, seed, checkpoint_every, keep_last, log_every, eval_every, "
+               "on_nonfinite (stop|skip), device, strategy (none|ddp|fsdp). Several processes: torchrun "
+               "--nproc_per_node N -m perceivers train RECIPE --strategy ddp.")
+    p.add_argument("recipe", choices=sorted(RECIPES), help="which recipe (see `--print-config`)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/RECIPE)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint under OUT/checkpoints (or from CHECKPOINT)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--print-config", action="store_true", help="print the recipe's settings and exit")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw a run's loss and metric curves to PNG",
+                       description="Read RUN_DIR/metrics.csv (and eval.csv) written by `perceivers train` and draw "
+                                   "the training loss, learning rate and every other logged metric against the "
+                                   "step to RUN_DIR/curves.png (needs matplotlib: pip install 'perceivers[plot]').")
+    p.add_argument("run_dir", help="run folder of `perceivers train` (holds metrics.csv)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -134,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perceivers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_plot(sub)
     _add_eval(sub)
     _add_models(sub)
     _add_convert(sub)
@@ -151,32 +147,61 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _override_pairs(args: argparse.Namespace, extra: list[str], bools: set[str]) -> list[tuple[str, str]]:
+    """``--set K=V`` and free ``--key value`` / ``--flag`` tokens as (key, text) pairs."""
+    pairs = []
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is invalid: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or token == "--":
+            raise ValueError(f"unexpected argument {token!r}: settings are --KEY VALUE or --set KEY=VALUE")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif key.replace("-", "_") in bools and (i + 1 == len(extra) or extra[i + 1].startswith("--")):
+            value, i = "true", i + 1
+        elif i + 1 < len(extra):
+            value, i = extra[i + 1], i + 2
+        else:
+            raise ValueError(f"{token} needs a value")
+        pairs.append((key, value))
+    return pairs
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    import json
+
+    from perceivers.training.engine import run_recipe
+    from perceivers.training.overrides import apply_overrides, bool_keys
     from perceivers.training.recipes import RECIPES
 
     _set_threads(args.threads)
-    for recipe_name, names in _ONLY.items():
-        given = [n for n in names if getattr(args, n) is not None]
-        if recipe_name != args.recipe and given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise ValueError(f"{flags} only appl{'ies' if len(given) == 1 else 'y'} to `train {recipe_name}`")
     recipe = RECIPES[args.recipe]()
-    if args.recipe == "text":
-        changes = {k: getattr(args, k) for k in _TEXT_TRAIN_FIELDS if getattr(args, k) is not None}
-        fields = {"context": args.context, "num_latents": args.latents, "channels": args.channels,
-                  "num_layers": args.layers, "num_heads": args.heads, "eval_windows": args.eval_windows, "data_root": args.data_root,
-                  "include_tests": args.include_tests}
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes),
-                                     **{k: v for k, v in fields.items() if v is not None})
-        recipe.run(args.out or "runs/text", progress=not args.no_progress)
+    aliases = set(getattr(recipe, "aliases", {}) or {})
+    recipe = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe) | aliases))
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
         return 0
-    changes = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **changes))
-    if args.max_shift is not None:
-        if args.max_shift < 0:
-            raise ValueError(f"--max-shift must be >= 0, got {args.max_shift}")
-        recipe = dataclasses.replace(recipe, max_shift=args.max_shift)
-    recipe.run(args.out or f"runs/{args.recipe}", progress=not args.no_progress)
+    try:
+        result = run_recipe(recipe, args.out or f"runs/{args.recipe}", resume=args.resume,
+                            progress=not args.no_progress)
+    except FloatingPointError as exc:
+        print(f"perceivers train: error: {exc}", file=sys.stderr)
+        return 3
+    return 130 if result.get("interrupted") else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from perceivers.training.plot import plot_run
+
+    out = plot_run(args.run_dir, args.out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -279,8 +304,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "generate": cmd_generate,
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handlers = {"train": functools.partial(cmd_train, extra=extra), "plot": cmd_plot, "eval": cmd_eval,
+                "models": cmd_models, "generate": cmd_generate,
                 "convert": cmd_convert, "fill-mask": cmd_fill_mask}
     try:
         return handlers[args.command](args)

@@ -1,0 +1,74 @@
+"""``perceivers plot RUN_DIR``: the curves of a run's ``metrics.csv`` / ``eval.csv`` in one PNG (matplotlib)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+_NOT_CURVES = {"step", "epoch", "elapsed_s", "skipped"}
+
+
+def _is_curve(name: str) -> bool:
+    return name not in _NOT_CURVES and not name.startswith("num_")
+
+
+def read_csv(path: Path) -> dict[str, list[float]]:
+    """Columns of a records CSV as floats (empty cells become NaN); ``ValueError`` naming the file if malformed."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or "step" not in rows[0]:
+        raise ValueError(f"{path} has no header with a 'step' column: not a perceivers metrics file")
+    header, columns = rows[0], {name: [] for name in rows[0]}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {number}: {len(row)} fields, expected {len(header)}")
+        for name, cell in zip(header, row):
+            try:
+                columns[name].append(float(cell) if cell != "" else math.nan)
+            except ValueError:
+                raise ValueError(f"{path}, line {number}: {name}={cell!r} is not a number") from None
+    return columns
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw every training metric (loss, lr, grad norm, throughput, task metrics) and every evaluation metric
+    against the step, one panel each, into ``out`` (default ``RUN_DIR/curves.png``); returns the path."""
+    run = Path(run_dir)
+    train_csv, eval_csv = run / "metrics.csv", run / "eval.csv"
+    if not train_csv.is_file():
+        raise FileNotFoundError(f"{train_csv} is missing: RUN_DIR must be a folder written by `perceivers train`")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
+    panels: list[tuple[str, list[float], list[float], str]] = []
+    train = read_csv(train_csv)
+    panels += [(name, train["step"], values, "train") for name, values in train.items() if _is_curve(name)]
+    if eval_csv.is_file():
+        ev = read_csv(eval_csv)
+        panels += [(name, ev["step"], values, "eval") for name, values in ev.items() if _is_curve(name)]
+    if not train["step"]:
+        raise ValueError(f"{train_csv} has no rows yet")
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (name, steps, values, kind) in zip(axes.flat, panels):
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3,
+                color="tab:blue" if kind == "train" else "tab:orange")
+        ax.set_title(f"{kind}: {name}", fontsize=10)
+        ax.set_xlabel("step")
+        if name in ("loss", "grad_norm") and all(v > 0 for v in values if not math.isnan(v)):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(run.resolve().name)
+    fig.tight_layout()
+    target = Path(out) if out is not None else run / "curves.png"
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
