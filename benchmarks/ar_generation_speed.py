@@ -128,6 +128,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=16, help="steps averaged for start/end per-token times")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", nargs="*", default=[], choices=["krasserm", "lucidrains"])
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median speed-up is reported")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,21 +136,38 @@ def main() -> None:
     prompt = torch.randint(3, 259, (1, args.prompt_len))
     print(f"prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.latents} latents, {args.layers} layers, "
           f"{args.channels} channels, {args.heads} heads, {args.threads} CPU thread(s), torch {torch.__version__}")
-    results = [bench_perceivers(args, prompt)]
+    runners = [("perceivers", bench_perceivers)]
     for name, fn in (("krasserm", bench_krasserm), ("lucidrains", bench_lucidrains)):
         if name in args.skip:
             continue
         try:
-            results.append(fn(args, prompt))
+            __import__({"krasserm": "perceiver", "lucidrains": "perceiver_ar_pytorch"}[name])
+            runners.append((name, fn))
         except ImportError as exc:
             print(f"skipping {name}: cannot import it ({exc}); see the module doc for the install command")
-    ours = results[0]
+    # Rounds alternate the models so that load changes on a shared machine hit them alike; each round
+    # gives a speed-up per peer, and the median over rounds is reported.
+    rounds: list[list[dict]] = []
+    for r in range(args.rounds):
+        rounds.append([fn(args, prompt) for _, fn in runners])
+        ours = rounds[-1][0]
+        print(f"round {r + 1}: " + ", ".join(f"{res['model'].split()[0]} {res['tokens_per_s']:.1f} tok/s"
+                                              for res in rounds[-1]))
+        for res in rounds[-1]:
+            res["perceivers_speedup"] = ours["tokens_per_s"] / res["tokens_per_s"]
+    results = []
+    for i in range(len(runners)):
+        per_round = sorted((rd[i] for rd in rounds), key=lambda res: res["perceivers_speedup"])
+        median = dict(per_round[len(per_round) // 2])
+        median["speedup_per_round"] = [rd[i]["perceivers_speedup"] for rd in rounds]
+        results.append(median)
     print(f"{'model':<52} {'prefill s':>9} {'tok/s':>8} {'ms/tok start':>12} {'ms/tok end':>10} {'end/start':>9} "
           f"{'ours x':>7}")
     for r in results:
-        r["perceivers_speedup"] = ours["tokens_per_s"] / r["tokens_per_s"]
         print(f"{r['model']:<52} {r['prefill_s']:>9.2f} {r['tokens_per_s']:>8.2f} {r['ms_per_token_start']:>12.1f} "
               f"{r['ms_per_token_end']:>10.1f} {r['end_over_start']:>9.2f} {r['perceivers_speedup']:>7.1f}")
+    print("(the round with the median speed-up is shown for each peer; ours x = perceivers tok/s / its tok/s "
+          "in the same round)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "results": results}, fh, indent=2)

@@ -1,5 +1,9 @@
 """Does the long context help? Perceiver AR (context M, N latents) vs a same-size causal transformer
-that sees only the last N tokens, at equal training steps, batch and optimiser, on the stdlib bytes.
+that sees only the last N tokens, at equal training compute, batch and optimiser, on the stdlib bytes.
+
+Equal compute: the training FLOPs of one step of each model (forward + backward, counted by
+``torch.utils.flop_counter.FlopCounterMode`` on a real batch) set the baseline's number of steps to
+``steps * flops(Perceiver AR) / flops(baseline)`` (``--equal-steps`` gives both ``--steps`` instead).
 
 The baseline is the same model with ``max_context_length = N``: every input position is a latent, so
 it is a plain causal transformer (one causal cross-attention layer, then the latent self-attention
@@ -13,6 +17,7 @@ Run: ``python benchmarks/ar_long_context.py --threads 1`` (defaults = ``perceive
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -20,7 +25,26 @@ import torch
 
 from perceivers.data.text import load_corpus, random_windows, validation_windows
 from perceivers.registry import create_model
-from perceivers.training.lm import LMTrainConfig, evaluate_bits_per_byte, train_lm
+from perceivers.training.lm import LMTrainConfig, evaluate_bits_per_byte, lm_loss, train_lm
+
+
+def step_flops(context: int, args, corpus) -> int:
+    """Training FLOPs (forward + backward) of one batch for the model with this context."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    model = create_model("perceiver-ar-stdlib-bytes", max_context_length=context, num_latents=args.latents)
+    ids, lengths = random_windows(corpus.train, batch_size=args.batch_size, context=context, min_length=args.latents,
+                                  generator=torch.Generator().manual_seed(0))
+    aten = torch.ops.aten
+    # The CPU attention kernels have no FLOP formula in torch: count them like the fused GPU ones
+    # (full, unmasked attention, as torch does for those).
+    sdpa = {aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v),
+            aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v)}
+    with FlopCounterMode(display=False, custom_mapping=sdpa) as counter:
+        lm_loss(model, ids, lengths, args.latents).backward()
+    return counter.get_total_flops()
 
 
 def run(name: str, context: int, args, corpus, val: torch.Tensor, train: LMTrainConfig) -> dict:
@@ -34,6 +58,7 @@ def run(name: str, context: int, args, corpus, val: torch.Tensor, train: LMTrain
     stats = train_lm(model, sample, train, num_latents=args.latents, progress=not args.no_progress)
     result = evaluate_bits_per_byte(model, val, num_latents=args.latents, context=context)
     out = {"model": name, "context": context, "latents": args.latents, "parameters": model.num_parameters(),
+           "steps": train.steps,
            "validation_bits_per_byte": result["bits_per_byte"], "validation_bytes": result["num_predicted_bytes"],
            "train_seconds": stats["train_seconds"], "train_loss": stats["train_loss"]}
     print(json.dumps(out))
@@ -44,7 +69,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--context", type=int, default=1024, help="Perceiver AR context M")
     p.add_argument("--latents", type=int, default=128, help="latents N = the baseline's context")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=300, help="Perceiver AR training steps")
+    p.add_argument("--equal-steps", action="store_true", help="give the baseline --steps too (not equal compute)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-windows", type=int, default=64)
@@ -58,12 +84,21 @@ def main() -> None:
     val = validation_windows(corpus.validation, num_windows=args.eval_windows, context=args.context)
     train = LMTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     start = time.perf_counter()
+    flops = {ctx: step_flops(ctx, args, corpus) for ctx in (args.context, args.latents)}
+    base_steps = args.steps if args.equal_steps else round(args.steps * flops[args.context] / flops[args.latents])
+    print(f"training FLOPs per step: Perceiver AR {flops[args.context]:.3e}, baseline {flops[args.latents]:.3e}; "
+          f"steps {args.steps} vs {base_steps}")
+    base_train = dataclasses.replace(train, steps=base_steps)
     results = [run(f"Perceiver AR (M={args.context}, N={args.latents})", args.context, args, corpus, val, train),
-               run(f"causal transformer (context {args.latents})", args.latents, args, corpus, val, train)]
-    print(f"\n| model | context seen | validation bits/byte | train s |\n|---|---:|---:|---:|")
+               run(f"causal transformer (context {args.latents})", args.latents, args, corpus, val, base_train)]
     for r in results:
-        print(f"| {r['model']} | {r['context']} | {r['validation_bits_per_byte']:.4f} | {r['train_seconds']:.0f} |")
-    print(f"({results[0]['validation_bytes']:,} validation bytes, {args.steps} steps x batch {args.batch_size}, "
+        r["train_flops"] = flops[r["context"]] * r["steps"]
+    print(f"\n| model | context seen | steps | training FLOPs | validation bits/byte | train s |\n"
+          f"|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['model']} | {r['context']} | {r['steps']} | {r['train_flops']:.2e} | "
+              f"{r['validation_bits_per_byte']:.4f} | {r['train_seconds']:.0f} |")
+    print(f"({results[0]['validation_bytes']:,} validation bytes, batch {args.batch_size}, "
           f"total {time.perf_counter() - start:.0f} s)")
     if args.json:
         with open(args.json, "w") as fh:
