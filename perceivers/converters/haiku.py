@@ -101,6 +101,17 @@ def language_mlm_rows(num_self_attends_per_block: int) -> list[ModuleRow]:
             ("embedding_decoder", "embedding_decoder.bias", "bias")]
 
 
+def flow_rows(num_self_attends_per_block: int) -> list[ModuleRow]:
+    """Official optical-flow colab (``optical_flow_checkpoint.pystate``): ``image_preprocessor/patches_linear``
+    (``w [54, 64]``), the encoder, and ``flow_decoder/~/basic_decoder/{cross_attention, output}`` (``output``
+    ``w [322, 2]``); the decoder's Fourier queries and the flow preprocessor have no other parameters."""
+    hk = "flow_decoder/~/basic_decoder"
+    return [("image_preprocessor/patches_linear", "preprocessor.image.patches_linear", "linear"),
+            *encoder_rows(num_self_attends_per_block),
+            *cross_attention_rows(f"{hk}/cross_attention", "decoder.cross_attend"),
+            (f"{hk}/output", "decoder.output", "linear")]
+
+
 _KIND_PARAMS: dict[str, dict[str, str]] = {
     "linear": {"w": "weight", "b": "bias"}, "conv": {"w": "weight", "b": "bias"},
     "layer_norm": {"scale": "weight", "offset": "bias"}, "batchnorm": {"scale": "weight", "offset": "bias"},
@@ -241,9 +252,11 @@ _IMAGENET_BY_MODULE = (("image_preprocessor/~/conv2_d_downsample/~/conv", "perce
 
 
 def guess_model_name(params: Mapping[str, object]) -> str:
-    """The registered model an official parameter tree belongs to (ImageNet classifiers, language MLM)."""
+    """The registered model an official parameter tree belongs to (ImageNet classifiers, language MLM, flow)."""
     if "embedding_decoder" in params:
         return "perceiver-io-language-mlm"
+    if "flow_decoder/~/basic_decoder/output" in params:
+        return "perceiver-io-flow"
     if "classification_decoder/~/basic_decoder/output" not in params:
         raise ValueError("cannot tell which model these Haiku parameters belong to (no ImageNet classification "
                          "decoder); pass the registered model name explicitly")
@@ -254,12 +267,15 @@ def guess_model_name(params: Mapping[str, object]) -> str:
 
 
 def model_rows(config) -> list[ModuleRow]:
-    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers) or a language MLM config."""
+    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers), a language MLM or a flow config."""
     from perceivers.models.config import PerceiverIOConfig
+    from perceivers.models.flow_config import PerceiverIOFlowConfig
     from perceivers.models.language_config import PerceiverIOLanguageConfig
 
     if isinstance(config, PerceiverIOLanguageConfig) and config.is_mlm:
         return language_mlm_rows(config.encoder.num_self_attends_per_block)
+    if isinstance(config, PerceiverIOFlowConfig):
+        return flow_rows(config.encoder.num_self_attends_per_block)
     if not isinstance(config, PerceiverIOConfig) or config.decoder.type != "classification" \
             or config.encoder.layout != "io" or config.preprocessor is None:
         raise ValueError("Haiku conversion supports Perceiver IO image classifiers (io encoder, classification "
