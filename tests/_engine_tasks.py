@@ -1,0 +1,74 @@
+"""A tiny synthetic classification task for the engine tests (a few thousand parameters, a few ms per step).
+
+Test hooks: ``kill_at`` / ``interrupt_at`` send SIGKILL / SIGINT to this process at that training-loss call,
+``nan_at`` makes that call's loss NaN. Calls are counted per process (one per micro-batch).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
+from perceivers.training.engine import classification_loss
+
+
+def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """6 noisy tokens of 8 channels around one of 3 fixed means; the label is which mean."""
+    means = torch.randn(3, 8, generator=torch.Generator().manual_seed(123))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return means[y][:, None, :] + 1.5 * torch.randn(n, 6, 8, generator=g), y
+
+
+@dataclass
+class TinyTask:
+    name: str = "tiny"
+    n_train: int = 96
+    noise: float = 0.1  # random augmentation from the global RNG (0: deterministic loss)
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    kill_at: int | None = None
+    interrupt_at: int | None = None
+    nan_at: int | None = None
+    calls: int = field(default=0, init=False)
+
+    def build_model(self) -> nn.Module:
+        enc = EncoderConfig(num_latents=4, num_latent_channels=16, num_blocks=1, num_self_attends_per_block=2,
+                            num_self_attend_heads=2, dropout_prob=self.dropout)
+        dec = DecoderConfig(type="classification", num_outputs=3, num_query_channels=16, use_query_residual=True)
+        return PerceiverIO(PerceiverIOConfig(input_channels=8, encoder=enc, decoder=dec))
+
+    def train_dataset(self) -> TensorDataset:
+        return TensorDataset(*synthetic(self.n_train, 0))
+
+    def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        self.calls += 1
+        if self.calls == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.calls == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        x, y = batch
+        if self.noise:
+            x = x + self.noise * torch.randn_like(x)
+        logits = model(x)
+        loss = classification_loss(logits, y, self.label_smoothing)
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        return loss, {"accuracy": float((logits.argmax(-1) == y).float().mean())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        x, y = synthetic(64, 1)
+        logits = model(x)
+        return {"test_accuracy": float((logits.argmax(-1) == y).float().mean()),
+                "test_loss": float(classification_loss(logits, y))}
+
+    def on_end(self, model: nn.Module, out_dir: Path) -> None:
+        (out_dir / "on_end.txt").write_text("done")
