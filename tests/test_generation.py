@@ -321,22 +321,48 @@ def test_cache_reports_all_valid_history_as_none():
     assert cache.update(k, k, None)[2] is None
 
 
-def test_column_major_layout_changes_only_expanding_weights_and_is_restored():
+def test_decode_layout_fuses_attention_relayouts_expanding_weights_and_is_restored():
     from perceivers.generation.layout import column_major_linears
 
     model = make("rotary")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fc1 = model.self_attends[0].mlp.fc1.weight
-    square = model.self_attends[0].attention.q_proj.weight
-    assert fc1.shape[0] > fc1.shape[1] and square.shape[0] == square.shape[1]
+    layer = model.self_attends[0]
+    fc1, fc2 = layer.mlp.fc1.weight, layer.mlp.fc2.weight
+    attn = layer.attention
+    assert fc1.shape[0] > fc1.shape[1] and fc2.shape[0] < fc2.shape[1]
     with column_major_linears(model):
-        assert fc1.stride() == (1, fc1.shape[0]) and square.is_contiguous()
-    assert fc1.is_contiguous()
+        assert fc1.stride() == (1, fc1.shape[0]) and fc2.is_contiguous() and attn.o_proj.weight.is_contiguous()
+        q, k = attn.q_proj.weight, attn.k_proj.weight  # views into one column-major (3C, C) block
+        assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() and not q.is_contiguous()
+        assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+    assert fc1.is_contiguous() and attn.q_proj.weight.is_contiguous() and attn._fused is None
     with pytest.raises(RuntimeError, match="boom"), column_major_linears(model):
         raise RuntimeError("boom")
     assert all(p.is_contiguous() for p in model.parameters())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fused_attention_projections_match_and_never_bypass_autograd():
+    from perceivers.layers.attention import Attention
+
+    torch.manual_seed(0)
+    for q_in in (6, 8):  # same width: q, k, v fused; different: k, v only
+        attn = Attention(q_in_channels=q_in, kv_in_channels=8, qk_channels=8, v_channels=4, output_channels=5,
+                         num_heads=2)
+        x, xq = torch.randn(2, 3, 8), torch.randn(2, 4, q_in)
+        with torch.no_grad():
+            ref_self = attn(x, x) if q_in == 8 else None
+            ref_cross = attn(xq, x)
+            attn.fuse_projections(True)
+            assert attn._fused.with_query == (q_in == 8)
+            torch.testing.assert_close(attn(xq, x), ref_cross, rtol=1e-6, atol=1e-6)
+            if ref_self is not None:
+                torch.testing.assert_close(attn(x, x), ref_self, rtol=1e-6, atol=1e-6)
+        attn(xq, x).sum().backward()  # with autograd the parameters themselves are used
+        assert attn.k_proj.weight.grad is not None and attn.k_proj.bias.grad is not None
+        attn.fuse_projections(False)
+        assert attn._fused is None and attn.k_proj.weight.is_contiguous()
 
 
 @pytest.mark.parametrize("position", POSITIONS)
