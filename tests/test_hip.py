@@ -33,6 +33,7 @@ def inputs(batch: int = 2) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ["hip-16", "hip-256", "hip-mini", "hip-mini-class-bottleneck", "hip-16x3",
+                                  "hip-mae-digits", "hip-mae-digits-classifier",
                                   "hip-debug", "hip-perceiver-io-mini", "hip-perceiver-io-c-50m",
                                   "hip-perceiver-io-c-150m"])
 def test_variant_counts_on_meta(name):

@@ -117,18 +117,18 @@ DIGITS_MODALITIES = {"image": (64, 1)}  # scikit-learn's 8x8 digits, one grey le
 
 def _mae_digits() -> HiPConfig:
     return HiPConfig(modalities=DIGITS_MODALITIES, num_groups=(4, 1, 4), num_self_attend_layers=(2, 2, 1),
-                     num_latents=(8, 32, 8), num_channels=(64, 128, 64), num_self_attend_heads=(4, 8, 4),
+                     num_latents=(8, 16, 8), num_channels=(64, 128, 64), num_self_attend_heads=(4, 8, 4),
                      num_cross_attend_heads=(1, 1, 1), num_embedding_channels=32,
                      num_position_encoding_channels=512, use_mask_token=True)
 
 
-@register_model("hip-mae-digits", model_cls=HiP, num_parameters=None)
+@register_model("hip-mae-digits", model_cls=HiP, num_parameters=702_657)
 def hip_mae_digits() -> HiPConfig:
-    """Small HiP of `perceivers train hip-mae`: 8x8 digits in 4 groups of 2 rows, mask token."""
+    """Small HiP of `perceivers train hip-mae`: 8x8 digits in 4 groups of 2 rows, mask token; 702,657 params."""
     return _mae_digits()
 
 
-@register_model("hip-mae-digits-classifier", model_cls=HiPClassifier, num_parameters=None)
+@register_model("hip-mae-digits-classifier", model_cls=HiPClassifier, num_parameters=578_794)
 def hip_mae_digits_classifier() -> HiPClassifierConfig:
-    """Pooled classifier on the encoder half of `hip-mae-digits` (10 digit classes), for fine-tuning."""
+    """Pooled classifier on the encoder half of `hip-mae-digits` (10 classes); 578,794 params."""
     return HiPClassifierConfig(hip=_mae_digits().replace(use_mask_token=False), num_classes=10)

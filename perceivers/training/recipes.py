@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from perceivers.training.engine import EngineConfig
+from perceivers.training.hip_mae import HiPFinetuneRecipe, HiPMAERecipe
 from perceivers.training.tasks import DigitsTask, TextTask
 
 
@@ -91,4 +92,5 @@ class TextRecipe:
                 f"{result['num_validation_bytes']:,} bytes, trained in {result['train_seconds']:.0f} s")
 
 
-RECIPES: dict[str, type] = {"digits": DigitsRecipe, "text": TextRecipe}
+RECIPES: dict[str, type] = {"digits": DigitsRecipe, "text": TextRecipe, "hip-mae": HiPMAERecipe,
+                             "hip-mae-finetune": HiPFinetuneRecipe}
