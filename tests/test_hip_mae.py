@@ -229,3 +229,22 @@ def test_finetune_task_position_inits(tmp_path):
         HiPFinetuneTask(positions="mae")
     with pytest.raises(ValueError, match="transfer"):
         HiPFinetuneTask(positions="random", transfer="encoder")
+
+
+def test_natural_crops_and_task():
+    from perceivers.data.images import natural_crops
+
+    crops = natural_crops(6, 16, seed=3)
+    assert crops.shape == (6, 3, 16, 16) and crops.dtype == torch.float32
+    assert 0.0 <= crops.min() and crops.max() <= 1.0 and crops.std() > 0
+    assert torch.equal(crops, natural_crops(6, 16, seed=3))
+    held_out = natural_crops(6, 16, held_out=True, seed=3)
+    assert not any(torch.equal(a, b) for a in crops for b in held_out)
+    task = HiPMAETask(data="natural", crop_size=8, num_crops=16, num_eval_crops=4, norm_targets="example")
+    model = task.build_model()
+    assert model.config.modalities == {"image": (64, 3)}
+    loss, _ = task.training_loss(model, [torch.stack([task.train_dataset()[i][0] for i in range(4)])])
+    assert loss.item() == pytest.approx(1.0, rel=0.5)  # unit-variance targets, zero-initialised outputs
+    assert task.evaluate(model)["num_test_images"] == 4
+    with pytest.raises(ValueError, match="size"):
+        natural_crops(1, 2000)
