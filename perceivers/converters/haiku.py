@@ -252,11 +252,14 @@ _IMAGENET_BY_MODULE = (("image_preprocessor/~/conv2_d_downsample/~/conv", "perce
 
 
 def guess_model_name(params: Mapping[str, object]) -> str:
-    """The registered model an official parameter tree belongs to (ImageNet classifiers, language MLM, flow)."""
+    """The registered model an official parameter tree belongs to (ImageNet classifiers, language MLM, flow,
+    multimodal autoencoder)."""
     if "embedding_decoder" in params:
         return "perceiver-io-language-mlm"
     if "flow_decoder/~/basic_decoder/output" in params:
         return "perceiver-io-flow"
+    if "multimodal_decoder/~/basic_decoder/output" in params:
+        return "perceiver-io-multimodal-kinetics"
     if "classification_decoder/~/basic_decoder/output" not in params:
         raise ValueError("cannot tell which model these Haiku parameters belong to (no ImageNet classification "
                          "decoder); pass the registered model name explicitly")
@@ -267,11 +270,17 @@ def guess_model_name(params: Mapping[str, object]) -> str:
 
 
 def model_rows(config) -> list[ModuleRow]:
-    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers), a language MLM or a flow config."""
+    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers), a language MLM, flow or
+    multimodal config."""
     from perceivers.models.config import PerceiverIOConfig
     from perceivers.models.flow_config import PerceiverIOFlowConfig
     from perceivers.models.language_config import PerceiverIOLanguageConfig
+    from perceivers.models.multimodal_config import PerceiverIOMultimodalConfig
 
+    if isinstance(config, PerceiverIOMultimodalConfig):
+        from perceivers.converters.haiku_multimodal import multimodal_rows
+
+        return multimodal_rows(config)
     if isinstance(config, PerceiverIOLanguageConfig) and config.is_mlm:
         return language_mlm_rows(config.encoder.num_self_attends_per_block)
     if isinstance(config, PerceiverIOFlowConfig):
