@@ -197,6 +197,8 @@ def test_config_validation():
         ModalityConfig(kind="video", max_resolution=(16, 56))
     with pytest.raises(ValueError, match="identifiers"):
         PerceiverIOMultimodalConfig(modalities={"my video": ModalityConfig(kind="video")})
+    with pytest.raises(ValueError, match="ModuleDict"):
+        PerceiverIOMultimodalConfig(modalities={"keys": ModalityConfig(kind="label")})
     with pytest.raises(TypeError, match="non-empty dict"):
         PerceiverIOMultimodalConfig(modalities={})
 

@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from torch import nn
+
 from perceivers.layers.blocks import ACTIVATIONS
 from perceivers.layers.position import fourier_output_size
 from perceivers.models.config import (
@@ -38,6 +40,8 @@ from perceivers.models.config import (
 )
 
 MODALITY_KINDS = ("video", "audio", "label")
+#: Names a modality cannot take: they would shadow attributes of the ``ModuleDict``/``ParameterDict`` holding it.
+_RESERVED = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 
 
 def _check_unit(name: str, value: Any) -> None:
@@ -182,6 +186,8 @@ def _check_modalities(obj: Any) -> None:
     for name in mods:
         if not isinstance(name, str) or not name.isidentifier():
             _fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
+        if name in _RESERVED:
+            _fail("modalities", name, "a name that is not an attribute of torch's ModuleDict/ParameterDict")
     out = {}
     for name in sorted(mods):  # the official order: sorted modality names
         spec = mods[name]
