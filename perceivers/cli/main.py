@@ -92,14 +92,15 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     h = conv.add_parser("haiku", help="an official DeepMind Haiku parameter file (.pystate / .pickle)",
                         description="Read an official Haiku parameter pickle with a restricted unpickler (dicts, "
                                     "numpy arrays and Haiku FlatMapping only) and write our folder. ImageNet "
-                                    "classifiers, the language MLM and optical flow are recognised automatically.")
+                                    "classifiers, the language MLM, optical flow and the multimodal autoencoder are "
+                                    "recognised automatically.")
     h.add_argument("params", help="path of the official parameter file")
     h.add_argument("out", help="output folder")
     h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
     f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
                         description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
                                     "SequenceClassification, ImageClassificationLearned, ImageClassificationConvProcessing, "
-                                    "OpticalFlow) to our folder. Default: "
+                                    "OpticalFlow, MultimodalAutoencoding) to our folder. Default: "
                                     "official semantics (tanh GELU, no query residual in the learned-position "
                                     "decoder, attention dropout 0, flow in pixels); --hf-compat reproduces HF's outputs.")
     f.add_argument("src", help="HF model folder")
