@@ -1,16 +1,22 @@
 """Run :class:`TinyTask` on the engine from the command line (for torchrun and kill tests).
 
 ``python tests/_engine_worker.py OUT [key=value ...]``: ``kill_at`` / ``interrupt_at`` / ``nan_at`` / ``noise`` /
-``dropout`` go to the task, everything else to :class:`EngineConfig`; ``resume=1`` resumes.
+``dropout`` go to the task, everything else to :class:`EngineConfig`; ``resume=1`` resumes; ``kill_in_save=N``
+SIGKILLs the process in the middle of its N-th checkpoint save; ``strategies=ddp,fsdp`` runs one after the other
+in one process group, into ``OUT/ddp`` and ``OUT/fsdp``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import sys
 import typing
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -22,15 +28,41 @@ from perceivers.training.overrides import _parse  # noqa: E402
 TASK_KEYS = {"kill_at": int, "interrupt_at": int, "nan_at": int, "noise": float, "dropout": float}
 
 
+def kill_during_save(n: int) -> None:
+    """SIGKILL this process while the n-th checkpoint is half written (weights done, optimizer not)."""
+    import perceivers.training.checkpoint as ckpt
+
+    original, count = ckpt.atomic_write, [0]
+
+    def write(path, writer):
+        if Path(path).name == "optimizer.pt":
+            count[0] += 1
+            if count[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(path, writer)
+
+    ckpt.atomic_write = write
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     out, pairs = argv[0], dict(a.split("=", 1) for a in argv[1:])
     resume = pairs.pop("resume", "0") == "1"
-    task = TinyTask(**{k: TASK_KEYS[k](pairs.pop(k)) for k in list(pairs) if k in TASK_KEYS})
+    if "kill_in_save" in pairs:
+        kill_during_save(int(pairs.pop("kill_in_save")))
+    task_args = {k: TASK_KEYS[k](pairs.pop(k)) for k in list(pairs) if k in TASK_KEYS}
+    strategies = pairs.pop("strategies", "").split(",") if "strategies" in pairs else []
     hints = typing.get_type_hints(EngineConfig)
     cfg = EngineConfig(**{k: _parse(v, hints[k], k) for k, v in pairs.items()})
-    result = run_task(task, cfg, out, resume=resume, progress=False, log=lambda *a: None)
-    return 130 if result.get("interrupted") else 0
+    if not strategies:
+        result = run_task(TinyTask(**task_args), cfg, out, resume=resume, progress=False, log=lambda *a: None)
+        return 130 if result.get("interrupted") else 0
+    dist.init_process_group("gloo")
+    for strategy in strategies:
+        run_task(TinyTask(**task_args), dataclasses.replace(cfg, strategy=strategy), Path(out) / strategy,
+                 progress=False, log=lambda *a: None)
+    dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
