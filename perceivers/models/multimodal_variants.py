@@ -41,7 +41,7 @@ def kinetics_modalities(*, frames: int = 16, image_size: tuple[int, int] = (224,
 
 @register_model("perceiver-io-multimodal-kinetics", model_cls=PerceiverIOMultimodal, num_parameters=19_858_855)
 def perceiver_io_multimodal_kinetics() -> PerceiverIOMultimodalConfig:
-    """Kinetics-700 video + audio + label autoencoder (released weights): 50,657 x 704 inputs, 784 x 512 latents."""
+    """Kinetics-700 video + audio + label autoencoder (released weights): 52,097 x 704 inputs, 784 x 512 latents."""
     # Breakdown: paddings 303+461+4; mask tokens 3x704; latents 784x512; cross-attend 2,243,520; 8 x 1,577,984
     # self-attends; query paddings 641+831+2; label query 1x1024; decoder cross-attend 3,690,006;
     # Linear(1026 -> 512); output layers 512 -> 16 (audio), 3 (image), 700 (label).
@@ -66,8 +66,9 @@ def perceiver_io_multimodal_debug() -> PerceiverIOMultimodalConfig:
 
 @register_model("perceiver-io-audioset", model_cls=PerceiverIOAudio, num_parameters=24_343_318)
 def perceiver_io_audioset() -> PerceiverIOAudioConfig:
-    """Raw-audio AudioSet classifier (527 classes): 61,440 samples at 48 kHz in 480 patches of 128, 512 x 512
-    latents, 12 self-attends; paper setting, our choice where the paper is silent (no released weights)."""
+    """Raw-audio AudioSet classifier, 527 classes: 480 patches of 128 samples (48 kHz), 512 x 512 latents, 12 layers.
+
+    Paper setting, our choice where the paper is silent (no released weights)."""
     # Paper (PIO App. B; Perceiver App. A): 1.28 s at 48 kHz = 61,440 samples cut into 480 patches of 128,
     # N = 512 latents, D = 512 (the raw-audio setting), a single cross-attend, 12 processor layers, a
     # 1,024-wide class query (PIO Tab. 6). Ours where unstated: 1-D Fourier features with 64 bands (PIO App. G:
