@@ -44,6 +44,10 @@ class FlowDecoder(nn.Module):
         check_chunk_size(chunk_size)
         c = self.config
         size = chunk_size or c.chunk_size or query.shape[1]
-        out = torch.cat([self.output(self.cross_attend(q, z)) for q in query.split(size, dim=1)], dim=1)
+        # Written into one preallocated tensor: keeping a list of small per-chunk outputs between the large
+        # freed temporaries fragments the heap, and the process's RSS then grew with the number of chunks.
+        out = query.new_empty(*query.shape[:2], c.num_outputs)  # (B, O, num_outputs)
+        for start in range(0, query.shape[1], size):
+            out[:, start:start + size] = self.output(self.cross_attend(query[:, start:start + size], z))
         out = out / c.rescale_factor  # official FlowDecoder (HF returns this)
         return out * c.flow_scale_factor if c.flow_scale_factor != 1.0 else out
