@@ -2,8 +2,8 @@
 
 ``python tests/_engine_worker.py OUT [key=value ...]``: ``kill_at`` / ``interrupt_at`` / ``nan_at`` / ``noise`` /
 ``dropout`` go to the task, everything else to :class:`EngineConfig`; ``resume=1`` resumes; ``kill_in_save=N``
-SIGKILLs the process in the middle of its N-th checkpoint save; ``strategies=ddp,fsdp`` runs one after the other
-in one process group, into ``OUT/ddp`` and ``OUT/fsdp``.
+SIGKILLs the process in the middle of its N-th checkpoint save; ``strategies=ddp,fsdp:lamb`` runs one after the
+other in one process group, into ``OUT/ddp`` and ``OUT/fsdp-lamb`` (``strategy:optimizer``).
 """
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ def main(argv: list[str]) -> int:
         result = run_task(TinyTask(**task_args), cfg, out, resume=resume, progress=False, log=lambda *a: None)
         return 130 if result.get("interrupted") else 0
     dist.init_process_group("gloo")
-    for strategy in strategies:
-        run_task(TinyTask(**task_args), dataclasses.replace(cfg, strategy=strategy), Path(out) / strategy,
-                 progress=False, log=lambda *a: None)
+    for spec in strategies:  # "fsdp" or "fsdp:lamb" (strategy:optimizer)
+        strategy, _, optimizer = spec.partition(":")
+        run_cfg = dataclasses.replace(cfg, strategy=strategy, optimizer=optimizer or cfg.optimizer)
+        run_task(TinyTask(**task_args), run_cfg, Path(out) / spec.replace(":", "-"), progress=False,
+                 log=lambda *a: None)
     dist.destroy_process_group()
     return 0
 

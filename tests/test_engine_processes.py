@@ -73,17 +73,28 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, WORKER, str(tmp_path / "two"), *args, "strategies=ddp,fsdp"],
+    procs = [subprocess.Popen([sys.executable, WORKER, str(tmp_path / "two"), *args, "strategies=ddp,fsdp,fsdp:lamb"],
                               env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-3000:]
+    finally:  # never leave a rank behind (e.g. waiting for a peer that failed)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     # One process, the same 32-item global batches as 2 ranks x 16, accumulated over 2 micro-batches: exact.
     run_task(TinyTask(noise=0), dataclasses.replace(cfg, grad_accum=2), tmp_path / "accum2", **QUIET)
     for strategy in ("ddp", "fsdp"):
         assert_same_weights(weights(tmp_path / "two" / strategy), weights(tmp_path / "accum2"))
+    # LAMB's per-tensor trust ratio on FSDP shards uses the norms of whole tensors (a shard's own norm would be
+    # off by ~1/sqrt(2)); only the order of the sums of squares differs.
+    run_task(TinyTask(noise=0), dataclasses.replace(cfg, grad_accum=2, optimizer="lamb"), tmp_path / "lamb", **QUIET)
+    a, b = weights(tmp_path / "two" / "fsdp-lamb"), weights(tmp_path / "lamb")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     # One process, one 32-item batch per step: the same losses to 1e-5 and weights to 1e-4 (summation order only).
     run_task(TinyTask(noise=0), cfg, tmp_path / "one", **QUIET)
     a, b = weights(tmp_path / "two" / "ddp"), weights(tmp_path / "one")
