@@ -248,3 +248,17 @@ def test_natural_crops_and_task():
     assert task.evaluate(model)["num_test_images"] == 4
     with pytest.raises(ValueError, match="size"):
         natural_crops(1, 2000)
+
+
+def test_cli_train_hip_mae_then_finetune(tmp_path):
+    from perceivers.cli.main import main
+
+    mae = tmp_path / "mae"
+    assert main(["train", "hip-mae", "--out", str(mae), "--steps", "2", "--batch-size", "8", "--no-progress"]) == 0
+    assert (mae / "reconstructions.png").is_file() and (mae / "model" / "model.safetensors").is_file()
+    out = tmp_path / "ft"
+    assert main(["train", "hip-mae-finetune", "--out", str(out), "--pretrained", str(mae / "model"), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    clf = from_pretrained(out / "model")
+    assert torch.equal(clf.position_tables["image"], from_pretrained(mae / "model").position_tables["image"])
+    assert main(["train", "hip-mae", "--out", str(mae), "--mask-ratio", "1.5", "--no-progress"]) == 2
