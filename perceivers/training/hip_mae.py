@@ -134,12 +134,18 @@ def _augment(images: Tensor, max_shift: int, flip: bool) -> Tensor:
     """Random ±``max_shift``-pixel shifts and optional horizontal flips (global RNG). ``(B, C, H, W)``."""
     from perceivers.data.digits import random_shift
 
-    if max_shift > 0:
-        images = random_shift(images, max_shift, None)  # type: ignore[arg-type]  # None = global RNG
+    if max_shift > 0:  # index tensors are built on the CPU
+        images = random_shift(images.cpu(), max_shift, None).to(images.device)  # type: ignore[arg-type]
     if flip:
-        flips = torch.rand(images.shape[0]) < 0.5
+        flips = (torch.rand(images.shape[0]) < 0.5).to(images.device)
         images = torch.where(flips[:, None, None, None], images.flip(-1), images)
     return images
+
+
+def _image_modality(model: nn.Module) -> str:
+    """The image modality's name; sees through DDP/FSDP-style wrappers (``.module``)."""
+    config = getattr(model, "module", model).config
+    return getattr(config, "hip", config).inputs[0]
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -208,7 +214,7 @@ class HiPMAETask:
 
     def _reconstruct(self, model: nn.Module, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(prediction, target), both ``(B, M, C)`` in target space; ``mask: (B, M)``."""
-        name = model.config.inputs[0]
+        name = _image_modality(model)
         tokens = images_to_tokens(images)
         out = model({name: tokens}, {name: mask})["input_reconstruction"][name]
         return out, normalise_targets(tokens, self.norm_targets)
@@ -327,7 +333,7 @@ class HiPFinetuneTask:
 
     @staticmethod
     def _inputs(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
-        return {model.config.hip.inputs[0]: images_to_tokens(images)}
+        return {_image_modality(model): images_to_tokens(images)}
 
     def training_loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, float]]:
         images, labels = batch
