@@ -127,10 +127,10 @@ def test_generate_errors_exit_2(tiny_run, capsys, extra, message):
 def test_generate_and_train_text_argument_errors(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["train", "text", "--out", str(tmp_path), "--epochs", "2", "--no-progress"]) == 2
-    assert "--epochs only applies to `train digits`" in capsys.readouterr().err
-    assert main(["train", "digits", "--out", str(tmp_path), "--steps", "2", "--no-progress"]) == 2
-    assert "--steps only applies to `train text`" in capsys.readouterr().err
+    assert main(["train", "text", "--out", str(tmp_path), "--max-shift", "2", "--no-progress"]) == 2
+    assert "unknown setting 'max-shift'" in capsys.readouterr().err  # a digits setting
+    assert main(["train", "digits", "--out", str(tmp_path), "--latents", "2", "--no-progress"]) == 2
+    assert "unknown setting 'latents'" in capsys.readouterr().err  # a text setting
     assert main(["train", "text", "--out", str(tmp_path), "--steps", "0", "--no-progress"]) == 2
     assert "steps=0" in capsys.readouterr().err
 
