@@ -218,8 +218,8 @@ def run_task(task: Task, config: EngineConfig, out_dir: str | Path, *, resume: b
     """Train ``task`` with ``config``; write ``out_dir/{checkpoints/, metrics.csv, eval.csv, model/, metrics.json}``.
 
     ``resume=True`` continues from the latest checkpoint under ``out_dir/checkpoints`` (a path: that checkpoint).
-    Returns the final metrics (on every rank), or ``{"interrupted": True, ...}`` after Ctrl-C / SIGTERM.
-    """
+    Returns the final metrics on rank 0 (``{}`` on other ranks), or ``{"interrupted": True, ...}`` after Ctrl-C /
+    SIGTERM (every rank)."""
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
     from perceivers.training.loop import _Run  # the loop itself; it builds on the definitions above

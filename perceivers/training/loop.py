@@ -187,7 +187,8 @@ class _Run:
         self.model.train()
         bar = tqdm(total=self.total, initial=state["step"], desc="train", unit="step", dynamic_ncols=True,
                    disable=not (progress and ctx.is_main))
-        window: list[float] = []
+        window: list[float] = []  # losses (and task metrics) since the last logged row
+        window_metrics: dict[str, float] = {}
         t_log, ex_log, last_norm, start = time.perf_counter(), 0, 0.0, time.perf_counter() - state["train_seconds"]
         step = state["step"]
         while step < self.total:
@@ -210,6 +211,8 @@ class _Run:
             state["step"], state["examples"] = step, state["examples"] + n
             ex_log += n
             window.append(loss)
+            for k, v in metrics.items():
+                window_metrics[k] = window_metrics.get(k, 0.0) + v
             last_norm = norm
             bar.update(1)
             if ctx.is_main and (step % cfg.log_every == 0 or step == self.total):
@@ -218,11 +221,11 @@ class _Run:
                 row = {"step": step, "epoch": step / spe, "loss": sum(good) / max(1, len(good)),
                        "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": last_norm,
                        "examples_per_s": ex_log / max(now - t_log, 1e-9), "elapsed_s": now - start,
-                       "skipped": state["skipped"], **metrics}
+                       "skipped": state["skipped"], **{k: v / len(window) for k, v in window_metrics.items()}}
                 self.records.log_train(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
                                 ex_s=f"{row['examples_per_s']:.0f}")
-                window, t_log, ex_log = [], now, 0
+                window, window_metrics, t_log, ex_log = [], {}, now, 0
                 state["train_loss"] = row["loss"]
             state["train_seconds"] = time.perf_counter() - start
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total:
