@@ -129,13 +129,14 @@ def apply_activation_checkpointing(modules: list[nn.Module]) -> None:
         module.forward = run  # type: ignore[method-assign]
 
 
-def wrap(model: nn.Module, strategy: str, ctx: DistContext, blocks: list[nn.Module]) -> nn.Module:
+def wrap(model: nn.Module, strategy: str, ctx: DistContext, blocks: list[nn.Module], *,
+         find_unused_parameters: bool = False) -> nn.Module:
     """DDP around the model, or FSDP2 ``fully_shard`` on every block then the root; ``none`` returns it."""
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

@@ -96,6 +96,7 @@ class EngineConfig:
     on_nonfinite: str = "stop"
     device: str = "cpu"
     strategy: str = "none"
+    find_unused_parameters: bool = False  # DDP: for models with parameters some steps leave unused
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, expected: str) -> None:
@@ -128,7 +129,7 @@ class EngineConfig:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", ("fp32", "bf16")),
                               ("on_nonfinite", ("stop", "skip")), ("strategy", D.STRATEGIES)):
             check(name, getattr(self, name) in allowed, f"one of {allowed}")
-        for name in ("drop_last", "activation_checkpointing", "compile"):
+        for name in ("drop_last", "activation_checkpointing", "compile", "find_unused_parameters"):
             check(name, isinstance(getattr(self, name), bool), "a bool")
         check("device", isinstance(self.device, str) and bool(self.device), "a torch device string or 'auto'")
 

@@ -50,7 +50,7 @@ class _Run:
         blocks = list(hook(self.raw)) if callable(hook) else D.block_modules(self.raw)
         if cfg.activation_checkpointing:
             D.apply_activation_checkpointing(blocks)
-        self.model = D.wrap(self.raw, cfg.strategy, ctx, blocks)
+        self.model = D.wrap(self.raw, cfg.strategy, ctx, blocks, find_unused_parameters=cfg.find_unused_parameters)
         self.plain = self.model.module if cfg.strategy == "ddp" else self.raw  # unwrapped (FSDP: sharded in place)
         self.optimizer = build_optimizer(self.raw, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                          betas=cfg.betas, eps=cfg.eps)
