@@ -2,9 +2,11 @@
 
 from perceivers.hub import from_pretrained
 from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
+from perceivers.models.flow_config import PerceiverIOFlowConfig
 from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
 from perceivers.models.perceiver_io import PerceiverIO
+from perceivers.models.perceiver_io_flow import PerceiverIOFlow
 from perceivers.models.perceiver_io_language import PerceiverIOLanguage
 from perceivers.registry import create_model, get_config, list_models
 
@@ -18,6 +20,8 @@ __all__ = [
     "PerceiverARConfig",
     "PerceiverIO",
     "PerceiverIOConfig",
+    "PerceiverIOFlow",
+    "PerceiverIOFlowConfig",
     "PerceiverIOLanguage",
     "PerceiverIOLanguageConfig",
     "TextPreprocessorConfig",
