@@ -10,6 +10,8 @@ from perceivers.layers.position import fourier_features, grid_positions
 from perceivers.models.multimodal_config import ModalityConfig, PerceiverIOAudioConfig
 from perceivers.registry import create_model, get_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DEBUG = "perceiver-io-audioset-debug"
 
 

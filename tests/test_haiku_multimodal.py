@@ -18,6 +18,8 @@ from perceivers import from_pretrained
 from perceivers.converters import haiku as hk
 from perceivers.registry import create_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATTENTION = ["attention/linear", "attention/linear_1", "attention/linear_2", "attention/linear_3", "mlp/linear",
              "mlp/linear_1"]
 CROSS = ["layer_norm", "layer_norm_1", "layer_norm_2", *ATTENTION]

@@ -16,6 +16,8 @@ from perceivers.cli.main import main  # noqa: E402
 from perceivers.converters.hf import convert_hf_folder, convert_to_hf_folder  # noqa: E402
 from perceivers.registry import create_model  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-5
 HEAD = "PerceiverForMultimodalAutoencoding"
 SMALL = dict(num_latents=8, d_latents=32, num_blocks=1, num_self_attends_per_block=2, num_self_attention_heads=2,

@@ -15,6 +15,8 @@ from perceivers.models.perceiver_io_multimodal import PerceiverIOMultimodal
 from perceivers.preprocessors.multimodal import video_space_to_depth
 from perceivers.registry import create_model, get_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DEBUG = "perceiver-io-multimodal-debug"
 
 

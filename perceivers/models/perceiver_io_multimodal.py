@@ -78,7 +78,7 @@ class PerceiverIOMultimodal(PretrainedMixin, nn.Module):
                 if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
                     raise TypeError(f"inputs[{name!r}] has dtype {x.dtype} but the model parameters are {dtype}")
                 out[name] = x
-        present = [x for x in out.values()]
+        present = list(out.values())
         if not present:
             raise ValueError(f"inputs must hold at least one of the modalities {names}")
         batch = {x.shape[0] for x in present}
