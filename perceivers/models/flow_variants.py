@@ -20,7 +20,8 @@ def perceiver_io_flow() -> PerceiverIOFlowConfig:
     # flow head Linear(322 -> 2) (646).
     encoder = EncoderConfig(num_latents=2048, num_latent_channels=512, num_blocks=1, num_self_attends_per_block=24,
                             num_cross_attend_heads=1, num_self_attend_heads=16)
-    return PerceiverIOFlowConfig(preprocessor=FlowPreprocessorConfig(), encoder=encoder, decoder=FlowDecoderConfig())
+    prep = FlowPreprocessorConfig(image_size=(368, 496), max_resolution=(368, 496))  # the colab's TRAIN_SIZE
+    return PerceiverIOFlowConfig(preprocessor=prep, encoder=encoder, decoder=FlowDecoderConfig())
 
 
 @register_model("perceiver-io-flow-debug", model_cls=PerceiverIOFlow, num_parameters=35_902)
