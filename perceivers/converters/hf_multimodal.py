@@ -1,4 +1,4 @@
-"""HF ``PerceiverForMultimodalAutoencoding`` <-> :class:`~perceivers.models.perceiver_io_multimodal.PerceiverIOMultimodal`.
+"""HF ``PerceiverForMultimodalAutoencoding`` <-> our ``PerceiverIOMultimodal``.
 
 HF hard-codes the modality names ``audio``, ``image``, ``label`` and their processing (perceiver-io.md §13
 item 19: ``PerceiverModel.forward`` reads ``subsampled_output_points["audio"]`` and ``["image"]``); ours
@@ -46,10 +46,12 @@ def _rows() -> tuple[KeyRow, ...]:
         rows += [(f"perceiver.input_preprocessor.padding.{m}", f"preprocessor.padding.{m}"),
                  (f"perceiver.input_preprocessor.mask.{m}", f"preprocessor.mask_token.{m}"),
                  (f"perceiver.decoder.padding.{m}", f"decoder.query_padding.{m}"),
-                 (f"perceiver.output_postprocessor.modalities.{m}.classifier.{{param}}", f"postprocessors.{m}.{{param}}")]
+                 (f"perceiver.output_postprocessor.modalities.{m}.classifier.{{param}}",
+                  f"postprocessors.{m}.{{param}}")]
     rows.append(("perceiver.decoder.modalities.label.decoder.output_position_encodings.position_embeddings",
                  "decoder.queries.label.pos_embs"))
-    rows += prefixed(CROSS_ATTENTION_LAYER, "perceiver.decoder.decoder.decoding_cross_attention.", "decoder.cross_attend.")
+    rows += prefixed(CROSS_ATTENTION_LAYER, "perceiver.decoder.decoder.decoding_cross_attention.",
+                     "decoder.cross_attend.")
     rows.append(("perceiver.decoder.decoder.final_layer.{param}", "decoder.output.{param}"))
     return tuple(rows) + ENCODER
 
@@ -77,7 +79,8 @@ def hf_multimodal_config(hf: dict[str, Any], *, encoder: EncoderConfig, activati
                                 temporal_patch=1, spatial_patch=_PATCH, num_bands=_VIDEO_BANDS, max_resolution=grid,
                                 query_max_resolution=grid, mask_prob=_MASK_PROBS["image"]),
         "label": ModalityConfig(kind="label", num_classes=num_labels,
-                                query_channels=_get(hf, "_label_trainable_num_channels"), mask_prob=_MASK_PROBS["label"]),
+                                query_channels=_get(hf, "_label_trainable_num_channels"),
+                                mask_prob=_MASK_PROBS["label"]),
     }
     provisional = PerceiverIOMultimodalConfig(modalities=modalities, min_padding_size=_INPUT_PADDING,
                                               encoder=encoder, activation=activation,
@@ -118,8 +121,10 @@ def multimodal_config_to_hf(config: PerceiverIOMultimodalConfig) -> dict[str, An
     _require(video.in_channels == 3 and video.temporal_patch == 1 and video.spatial_patch == _PATCH,
              "HF's video is RGB in 1x4x4 patches")
     dec = config.decoder
-    qk_ok = dec.qk_channels in (None, config.encoder.num_latent_channels) if config.encoder.cross_attention_shape_for_attn \
-        == "kv" else dec.qk_channels == config.query_width
+    if config.encoder.cross_attention_shape_for_attn == "kv":
+        qk_ok = dec.qk_channels in (None, config.encoder.num_latent_channels)
+    else:
+        qk_ok = dec.qk_channels == config.query_width
     _require(config.min_padding_size == _INPUT_PADDING and dec.min_padding_size == _QUERY_PADDING,
              f"HF pads inputs by {_INPUT_PADDING} and queries by {_QUERY_PADDING}")
     _require(dec.num_heads == 1 and dec.widening_factor == 1 and not dec.use_query_residual and qk_ok

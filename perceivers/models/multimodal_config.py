@@ -199,6 +199,17 @@ def _check_modalities(obj: Any) -> None:
     object.__setattr__(obj, "modalities", out)
 
 
+def _check_heads(enc: EncoderConfig, input_channels: int, dec: Any) -> None:
+    """Attention widths divisible by their head counts (encoder cross-attention, decoder)."""
+    qk, v = enc.cross_attention_channels(input_channels)
+    heads = enc.num_cross_attend_heads
+    _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
+    _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
+    dqk = dec.qk_channels or enc.num_latent_channels
+    _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
+    _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+
+
 @dataclass(frozen=True, kw_only=True)
 class MultimodalDecoderConfig(_ConfigMixin):
     """The shared decoder: per-modality queries padded to ``max(query widths) + min_padding_size`` with a
@@ -245,15 +256,9 @@ class PerceiverIOMultimodalConfig(_ConfigMixin):
         self._coerce_nested()
         _check_int("min_padding_size", self.min_padding_size, minimum=0)
         _check_choice("activation", self.activation, ACTIVATIONS)
-        enc, dec = self.encoder, self.decoder
-        if enc.layout != "io":
-            _fail("encoder.layout", enc.layout, "'io' for a multimodal model")
-        qk, v = enc.cross_attention_channels(self.input_width)
-        _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", enc.num_cross_attend_heads)
-        _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", enc.num_cross_attend_heads)
-        dqk = dec.qk_channels or enc.num_latent_channels
-        _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-        _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+        if self.encoder.layout != "io":
+            _fail("encoder.layout", self.encoder.layout, "'io' for a multimodal model")
+        _check_heads(self.encoder, self.input_width, self.decoder)
 
     @property
     def input_width(self) -> int:
@@ -289,10 +294,4 @@ class PerceiverIOAudioConfig(_ConfigMixin):
             _fail("preprocessor.mask_prob", self.preprocessor.mask_prob, "None (mask tokens are multimodal only)")
         if self.decoder.type != "classification":
             _fail("decoder.type", self.decoder.type, "'classification'")
-        enc, dec = self.encoder, self.decoder
-        qk, v = enc.cross_attention_channels(self.preprocessor.input_channels)
-        _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", enc.num_cross_attend_heads)
-        _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", enc.num_cross_attend_heads)
-        dqk = dec.qk_channels or enc.num_latent_channels
-        _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-        _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+        _check_heads(self.encoder, self.preprocessor.input_channels, self.decoder)
