@@ -44,6 +44,15 @@ def kill_during_save(n: int) -> None:
     ckpt.atomic_write = write
 
 
+def resume_check(cfg: EngineConfig, out: Path) -> None:
+    """With dropout and noise (per-rank RNG streams): an uninterrupted run into ``out/reference``; a run that every
+    rank interrupts (SIGINT) at its 7th step, then resumed, into ``out/resumed``."""
+    quiet = {"progress": False, "log": lambda *a: None}
+    run_task(TinyTask(dropout=0.1), cfg, out / "reference", **quiet)
+    assert run_task(TinyTask(dropout=0.1, interrupt_at=7), cfg, out / "resumed", **quiet)["interrupted"]
+    run_task(TinyTask(dropout=0.1), cfg, out / "resumed", resume=True, **quiet)
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     out, pairs = argv[0], dict(a.split("=", 1) for a in argv[1:])
@@ -58,7 +67,10 @@ def main(argv: list[str]) -> int:
         result = run_task(TinyTask(**task_args), cfg, out, resume=resume, progress=False, log=lambda *a: None)
         return 130 if result.get("interrupted") else 0
     dist.init_process_group("gloo")
-    for spec in strategies:  # "fsdp" or "fsdp:lamb" (strategy:optimizer)
+    for spec in strategies:  # "fsdp" or "fsdp:lamb" (strategy:optimizer), "resume:ddp" (see resume_check)
+        if spec.startswith("resume:"):
+            resume_check(dataclasses.replace(cfg, strategy=spec[7:]), Path(out) / spec.replace(":", "-"))
+            continue
         strategy, _, optimizer = spec.partition(":")
         run_cfg = dataclasses.replace(cfg, strategy=strategy, optimizer=optimizer or cfg.optimizer)
         run_task(TinyTask(**task_args), run_cfg, Path(out) / spec.replace(":", "-"), progress=False,

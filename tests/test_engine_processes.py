@@ -1,5 +1,6 @@
 """The engine across processes: SIGKILL at a random step then resume (bit-identical), a kill in the middle of a
-save, and 2 gloo processes (torchrun's environment; DDP and FSDP2) against one process at the same global batch."""
+save, and 2 gloo processes (torchrun's environment; DDP and FSDP2) against one process at the same global batch,
+and interrupted + resumed on 2 ranks."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, WORKER, str(tmp_path / "two"), *args, "strategies=ddp,fsdp,fsdp:lamb"],
+    procs = [subprocess.Popen([sys.executable, WORKER, str(tmp_path / "two"), *args, "strategies=ddp,fsdp,fsdp:lamb,resume:ddp"],
                               env={**_env(), "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
@@ -90,6 +91,9 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     run_task(TinyTask(noise=0), dataclasses.replace(cfg, grad_accum=2), tmp_path / "accum2", **QUIET)
     for strategy in ("ddp", "fsdp"):
         assert_same_weights(weights(tmp_path / "two" / strategy), weights(tmp_path / "accum2"))
+    # 2 ranks interrupted by Ctrl-C at step 7 and resumed end bit-identical (per-rank dropout and noise streams).
+    resumed = tmp_path / "two" / "resume-ddp"
+    assert_same_weights(weights(resumed / "resumed"), weights(resumed / "reference"))
     # LAMB's per-tensor trust ratio on FSDP shards uses the norms of whole tensors (a shard's own norm would be
     # off by ~1/sqrt(2)); only the order of the sums of squares differs.
     run_task(TinyTask(noise=0), dataclasses.replace(cfg, grad_accum=2, optimizer="lamb"), tmp_path / "lamb", **QUIET)
