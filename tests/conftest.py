@@ -88,3 +88,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def official_haiku_tree(model: torch.nn.Module) -> dict:
+    """``model``'s own weights under the official Haiku module names and layouts (Linear ``w [in, out]``),
+    as ``perceivers convert haiku`` reads them: ``{module: {param: numpy array}}``."""
+    from perceivers.converters import haiku as hk
+
+    state = model.state_dict()
+    tree: dict = {}
+    for module, ours, kind in hk.model_rows(model.config):
+        for param, suffix in hk._KIND_PARAMS[kind].items():
+            value = state[f"{ours}.{suffix}" if suffix else ours].numpy()
+            tree.setdefault(module, {})[param] = value.T.copy() if (kind, param) == ("linear", "w") else value
+    return tree

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize_
+from conftest import official_haiku_tree, randomize_
 from perceivers.cli.main import main
 from perceivers.converters import haiku as hk
 from perceivers.registry import create_model
@@ -35,17 +35,6 @@ def official_flow_modules(num_layers: int) -> set[str]:
     return names
 
 
-def _official_tree(model) -> dict[str, dict[str, np.ndarray]]:
-    """The model's weights under the official names, in Haiku layouts (Linear ``w`` is ``[in, out]``)."""
-    state = model.state_dict()
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for module, ours, kind in hk.model_rows(model.config):
-        for param, suffix in hk._KIND_PARAMS[kind].items():
-            value = state[f"{ours}.{suffix}" if suffix else ours].numpy()
-            tree.setdefault(module, {})[param] = value.T.copy() if (kind, param) == ("linear", "w") else value
-    return tree
-
-
 def test_released_flow_names_and_shapes():
     model = create_model("perceiver-io-flow", device="meta")
     rows = hk.model_rows(model.config)
@@ -60,7 +49,7 @@ def test_released_flow_names_and_shapes():
 
 def test_official_tree_converts_exactly_through_the_cli(tmp_path):
     model = randomize_(create_model("perceiver-io-flow-debug"), 0.3).eval()
-    tree = _official_tree(model)
+    tree = official_haiku_tree(model)
     assert set(tree) == official_flow_modules(2)
     assert tree["image_preprocessor/patches_linear"]["w"].shape == (54, 16)  # [in, out]
     path = tmp_path / "optical_flow_checkpoint.pystate"
@@ -78,7 +67,7 @@ def test_official_tree_converts_exactly_through_the_cli(tmp_path):
 
 def test_missing_and_unexpected_flow_modules_are_listed():
     model = create_model("perceiver-io-flow-debug")
-    tree = _official_tree(model)
+    tree = official_haiku_tree(model)
     del tree["flow_decoder/~/basic_decoder/output"]
     tree["flow_decoder/~/basic_decoder/~/trainable_position_encoding"] = {"pos_embs": np.zeros((192, 322), np.float32)}
     with pytest.raises(ValueError) as err:

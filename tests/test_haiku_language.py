@@ -11,24 +11,13 @@ import torch
 from perceivers.converters import haiku as hk
 from perceivers.registry import create_model
 
-from conftest import randomize_
-
-
-def _official_tree(model) -> dict[str, dict[str, np.ndarray]]:
-    """The model's own weights under the official module names and layouts (Linear ``w [in, out]``)."""
-    state = model.state_dict()
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for module, ours, kind in hk.model_rows(model.config):
-        for param, suffix in hk._KIND_PARAMS[kind].items():
-            value = state[f"{ours}.{suffix}" if suffix else ours].numpy()
-            tree.setdefault(module, {})[param] = value.T.copy() if (kind, param) == ("linear", "w") else value
-    return tree
+from conftest import official_haiku_tree, randomize_
 
 
 def test_official_mlm_tree_converts_exactly(tmp_path):
     model = randomize_(create_model("perceiver-io-language-debug"), 0.3).eval()
     path = tmp_path / "language_perceiver_io_bytes.pickle"
-    path.write_bytes(pickle.dumps(_official_tree(model)))
+    path.write_bytes(pickle.dumps(official_haiku_tree(model)))
     converted = hk.convert_haiku_file(path, "perceiver-io-language-debug")
     ids = torch.randint(0, 262, (2, 20))
     with torch.no_grad():
@@ -47,7 +36,7 @@ def test_released_mlm_names_and_guess():
 
 def test_missing_embedding_bias_is_reported():
     model = create_model("perceiver-io-language-debug")
-    tree = _official_tree(model)
+    tree = official_haiku_tree(model)
     del tree["embedding_decoder"]
     with pytest.raises(ValueError, match="missing module: embedding_decoder"):
         hk.convert_tree(tree, hk.model_rows(model.config))

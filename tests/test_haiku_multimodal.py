@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomize_
+from conftest import official_haiku_tree, randomize_
 from perceivers.cli.main import main
 from perceivers import from_pretrained
 from perceivers.converters import haiku as hk
@@ -38,17 +38,6 @@ def official_modules(num_layers: int) -> set[str]:
         layer = "encoder/~/self_attention" + (f"_{i}" if i else "")
         names |= {f"{layer}/{m}" for m in ("layer_norm", "layer_norm_1", *ATTENTION)}
     return names
-
-
-def _official_tree(model) -> dict[str, dict[str, np.ndarray]]:
-    """The model's weights under the official names, in Haiku layouts (Linear ``w`` is ``[in, out]``)."""
-    state = model.state_dict()
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for module, ours, kind in hk.model_rows(model.config):
-        for param, suffix in hk._KIND_PARAMS[kind].items():
-            value = state[f"{ours}.{suffix}" if suffix else ours].numpy()
-            tree.setdefault(module, {})[param] = value.T.copy() if (kind, param) == ("linear", "w") else value
-    return tree
 
 
 def test_released_names_and_shapes():
@@ -77,7 +66,7 @@ def test_released_names_and_shapes():
 
 def test_official_tree_converts_exactly(tmp_path, capsys):
     model = randomize_(create_model("perceiver-io-multimodal-debug"), 0.3).eval()
-    tree = _official_tree(model)
+    tree = official_haiku_tree(model)
     assert set(tree) == official_modules(2)
     assert tree["classification_postprocessor/linear"]["w"].shape == (24, 5)  # [in, out]
     path = tmp_path / "video_autoencoding_checkpoint.pystate"
@@ -94,7 +83,7 @@ def test_official_tree_converts_exactly(tmp_path, capsys):
 
 def test_missing_and_unexpected_modules_listed():
     model = create_model("perceiver-io-multimodal-debug")
-    tree = _official_tree(model)
+    tree = official_haiku_tree(model)
     del tree["multimodal_preprocessor/label_mask_token"]
     tree["multimodal_preprocessor/video_padding"] = {"pos_embs": np.zeros((1, 3), np.float32)}
     with pytest.raises(ValueError) as err:
