@@ -223,8 +223,8 @@ class PerceiverAR(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------------------------------ inputs
 
     def _check_inputs(self, input_ids: Any, lengths: Any, num_latents: Any, cache: ARCache | None
-                      ) -> tuple[Tensor, int]:
-        """Validate; returns ``(lengths (B,), N)``."""
+                      ) -> tuple[Tensor, int, bool]:
+        """Validate; returns ``(lengths (B,), N, decoding)``, ``decoding`` = a non-empty cache is given."""
         c = self.config
         if not isinstance(input_ids, Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
@@ -246,7 +246,8 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             raise ValueError(f"lengths must have shape ({b},) with values in [1, {m}], got {lengths.tolist()}")
         lengths = lengths.to(device=input_ids.device, dtype=torch.long)
         n = c.num_latents if num_latents is None else num_latents
-        if cache is not None and not cache.num_tokens.eq(0).all():
+        decoding = cache is not None and not bool(cache.num_tokens.eq(0).all())
+        if decoding:
             if num_latents is None:
                 n = m
             if n != m or int(lengths.min()) != m:
@@ -257,7 +258,7 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             raise ValueError(f"num_latents={n} is larger than the sequence: input_ids has {m} positions")
         if cache is not None:
             self._check_cache(cache, b)
-        return lengths, n
+        return lengths, n, decoding
 
     def _check_cache(self, cache: ARCache, batch: int) -> None:
         if self.training:
@@ -326,8 +327,9 @@ class PerceiverAR(PretrainedMixin, nn.Module):
         ``cache`` (evaluation only): an empty cache is filled from this call; with a non-empty cache,
         ``input_ids`` are the next tokens of every example (no padding) and each one is a latent.
         """
-        lengths, n = self._check_inputs(input_ids, lengths, num_latents, cache)
-        if cache is not None and not bool(cache.num_tokens.eq(0).all()):
+        lengths, n, decoding = self._check_inputs(input_ids, lengths, num_latents, cache)
+        if decoding:
+            assert cache is not None
             return self._decode(input_ids, lengths, cache)
         b, m = input_ids.shape
         index = torch.arange(m, device=input_ids.device).expand(b, m)  # (B, M)
