@@ -7,6 +7,7 @@ z-loss). Evaluation reports bits per byte on fixed windows, scoring the last ``N
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from perceivers.data.text import bits_per_byte
-from perceivers.training.trainer import param_groups, validate_optimisation, warmup_cosine
+from perceivers.training.optim import lr_factor, param_groups
+from perceivers.training.trainer import validate_optimisation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +86,8 @@ def train_lm(model: nn.Module, sample_batch: Callable[[torch.Generator], tuple[T
     model.to(config.device).train()
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(config.steps, max(1, int(config.warmup_fraction * config.steps))))
+        optimizer, functools.partial(lr_factor, schedule="cosine", total_steps=config.steps,
+                                     warmup_steps=max(1, int(config.warmup_fraction * config.steps))))
     start = time.perf_counter()
     bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     running = None
