@@ -16,6 +16,11 @@ over a ``--prompt-len`` prompt, greedy decoding of ``--new-tokens`` tokens, batc
 
 Per-token time is the gap between consecutive tokens; "start" / "end" are the means over the first and
 last ``--window`` decode steps (flat = end/start near 1). The prompt pass is reported separately.
+
+Memory traffic: at batch 1 a decode step is bound by memory reads, so the run also reports the bytes a
+perceivers step must read (every linear weight and bias, plus the cached keys and values it attends
+over, averaged over the generated tokens) divided by its per-token time, next to what one large
+matrix-vector product reaches on this machine with the same threads (the practical read bandwidth).
 Run: ``python benchmarks/ar_generation_speed.py --threads 1``.
 """
 
@@ -34,6 +39,30 @@ def summarise(name: str, prefill_s: float, gaps: list[float], window: int) -> di
     return {"model": name, "prefill_s": prefill_s, "decode_tokens": len(gaps),
             "tokens_per_s": len(gaps) / sum(gaps), "ms_per_token_start": 1e3 * start,
             "ms_per_token_end": 1e3 * end, "end_over_start": end / start}
+
+
+def decode_bytes_per_token(model, args) -> float:
+    """Bytes one perceivers decode step reads: every parameter except the embedding tables (one row of
+    those), plus the cached keys and values of the cross-attention and of every latent layer, averaged
+    over the generated tokens (float32)."""
+    c = model.config
+    weights = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                  if not name.startswith(("token_embedding", "position_embeddings")))
+    cached_latents = args.latents + args.new_tokens / 2  # mean latents attended per step
+    cached_inputs = args.prompt_len + args.new_tokens / 2
+    kv = 2 * 4 * (c.num_channels * cached_inputs + c.num_latent_channels * cached_latents * c.num_self_attend_layers)
+    return weights + kv
+
+
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes/s of one large float32 matrix-vector product (256 MiB of weights, streamed from memory)."""
+    w, x = torch.randn(8192, 8192), torch.randn(8192)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        w @ x
+        best = min(best, time.perf_counter() - t0)
+    return w.numel() * w.element_size() / best
 
 
 def bench_perceivers(args, prompt: torch.Tensor) -> dict:
@@ -55,7 +84,9 @@ def bench_perceivers(args, prompt: torch.Tensor) -> dict:
     run(3)  # warm-up
     t0, stamps = run(args.new_tokens)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return summarise("perceivers", stamps[0] - t0, gaps, args.window)
+    result = summarise("perceivers", stamps[0] - t0, gaps, args.window)
+    result["bytes_per_token"] = decode_bytes_per_token(model, args)
+    return result
 
 
 def bench_krasserm(args, prompt: torch.Tensor) -> dict:
@@ -168,6 +199,13 @@ def main() -> None:
               f"{r['ms_per_token_end']:>10.1f} {r['end_over_start']:>9.2f} {r['perceivers_speedup']:>7.1f}")
     print("(the round with the median speed-up is shown for each peer; ours x = perceivers tok/s / its tok/s "
           "in the same round)")
+    ours = results[0]
+    bandwidth = read_bandwidth()
+    effective = ours["bytes_per_token"] * ours["tokens_per_s"]
+    print(f"perceivers reads {ours['bytes_per_token'] / 1e6:.0f} MB per token: {effective / 1e9:.1f} GB/s, "
+          f"{100 * effective / bandwidth:.0f} % of a large matrix-vector product here ({bandwidth / 1e9:.1f} GB/s)")
+    for r in results:
+        r["read_bandwidth"] = bandwidth
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "results": results}, fh, indent=2)

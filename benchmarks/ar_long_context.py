@@ -11,6 +11,12 @@ stack) with exactly the same parameters. Both predict ``N`` targets per training
 scored on the same validation targets (the last ``N`` bytes of the recipe's fixed validation windows),
 the Perceiver AR through all ``M`` preceding inputs, the baseline through the last ``N`` only.
 
+Rotary wavelengths: by default each model spans 1..its own context (the official rule,
+``max_wavelength = max_context_length``), so the baseline has finer short-range frequencies than the
+Perceiver AR. ``--baseline-wavelength shared`` gives the baseline the Perceiver AR's range (1..M):
+then the two differ only in the context they see. ``--only baseline`` (or ``ar``) trains one of the two
+(the step counts stay the equal-compute ones).
+
 Run: ``python benchmarks/ar_long_context.py --threads 1`` (defaults = ``perceivers train text``).
 """
 
@@ -47,9 +53,11 @@ def step_flops(context: int, args, corpus) -> int:
     return counter.get_total_flops()
 
 
-def run(name: str, context: int, args, corpus, val: torch.Tensor, train: LMTrainConfig) -> dict:
+def run(name: str, context: int, args, corpus, val: torch.Tensor, train: LMTrainConfig,
+        max_wavelength: int | None = None) -> dict:
     torch.manual_seed(train.seed)
-    model = create_model("perceiver-ar-stdlib-bytes", max_context_length=context, num_latents=args.latents)
+    model = create_model("perceiver-ar-stdlib-bytes", max_context_length=context, num_latents=args.latents,
+                         max_wavelength=max_wavelength)
 
     def sample(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return random_windows(corpus.train, batch_size=train.batch_size, context=context, min_length=args.latents,
@@ -58,7 +66,7 @@ def run(name: str, context: int, args, corpus, val: torch.Tensor, train: LMTrain
     stats = train_lm(model, sample, train, num_latents=args.latents, progress=not args.no_progress)
     result = evaluate_bits_per_byte(model, val, num_latents=args.latents, context=context)
     out = {"model": name, "context": context, "latents": args.latents, "parameters": model.num_parameters(),
-           "steps": train.steps,
+           "max_wavelength": model.config.wavelength, "steps": train.steps,
            "validation_bits_per_byte": result["bits_per_byte"], "validation_bytes": result["num_predicted_bytes"],
            "train_seconds": stats["train_seconds"], "train_loss": stats["train_loss"]}
     print(json.dumps(out))
@@ -77,6 +85,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--baseline-wavelength", choices=["own", "shared"], default="own",
+                   help="baseline rotary wavelengths up to its own context N (official rule) or up to M")
+    p.add_argument("--only", choices=["both", "ar", "baseline"], default="both", help="train only one model")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,8 +100,15 @@ def main() -> None:
     print(f"training FLOPs per step: Perceiver AR {flops[args.context]:.3e}, baseline {flops[args.latents]:.3e}; "
           f"steps {args.steps} vs {base_steps}")
     base_train = dataclasses.replace(train, steps=base_steps)
-    results = [run(f"Perceiver AR (M={args.context}, N={args.latents})", args.context, args, corpus, val, train),
-               run(f"causal transformer (context {args.latents})", args.latents, args, corpus, val, base_train)]
+    results = []
+    if args.only != "baseline":
+        results.append(run(f"Perceiver AR (M={args.context}, N={args.latents})", args.context, args, corpus, val,
+                           train))
+    if args.only != "ar":
+        shared = args.baseline_wavelength == "shared"
+        results.append(run(f"causal transformer (context {args.latents}"
+                           f"{f', wavelengths 1..{args.context}' if shared else ''})", args.latents, args, corpus,
+                           val, base_train, max_wavelength=args.context if shared else None))
     for r in results:
         r["train_flops"] = flops[r["context"]] * r["steps"]
     print(f"\n| model | context seen | steps | training FLOPs | validation bits/byte | train s |\n"
