@@ -42,3 +42,16 @@ def perceiver_ar_stdlib_bytes() -> PerceiverARConfig:
         num_self_attend_layers=4, num_cross_attend_heads=6, num_self_attend_heads=6,
         cross_attend_widening_factor=4, self_attend_widening_factor=4,
     )
+
+
+@register_model("perceiver-ar-copy", model_cls=PerceiverAR, num_parameters=686_595)
+def perceiver_ar_copy() -> PerceiverARConfig:
+    """Model of `perceivers train copy` (the official copy task at length 64): 63 context, 32 latents,
+    2 layers x 128, 4 heads, frozen absolute sinusoidal positions (as the official `random_mirrored_*` sweeps),
+    686,595 params (8,192 of them the frozen position table)."""
+    return PerceiverARConfig(
+        vocab_size=259, max_context_length=63, num_latents=32, num_channels=128, num_latent_channels=128,
+        num_self_attend_layers=2, num_cross_attend_heads=4, num_self_attend_heads=4,
+        cross_attend_widening_factor=4, self_attend_widening_factor=4,
+        position_encoding="absolute", position_init="sinusoidal",
+    )

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from perceivers.training.engine import EngineConfig
 from perceivers.training.hip_mae import HiPFinetuneRecipe, HiPMAERecipe
-from perceivers.training.tasks import DigitsTask, TextTask
+from perceivers.training.tasks import CopyTask, DigitsTask, TextTask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +35,30 @@ class DigitsRecipe:
     def summary(result: dict[str, Any]) -> str:
         n, acc = result["num_test"], result["test_accuracy"]
         return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"
+
+
+def _check_sizes(recipe: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(recipe, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1 or None")
+
+
+def ar_overrides(recipe: Any, *, context: int | None) -> dict[str, Any]:
+    """Perceiver AR config overrides from a recipe's ``num_latents`` / ``channels`` / ``num_layers`` /
+    ``num_heads`` (``None`` keeps the registered value) and the context ``M``."""
+    overrides: dict[str, Any] = {}
+    if context is not None:
+        overrides["max_context_length"] = context
+    if recipe.num_latents is not None:
+        overrides["num_latents"] = recipe.num_latents
+    if recipe.channels is not None:
+        overrides["num_channels"] = overrides["num_latent_channels"] = recipe.channels
+    if recipe.num_layers is not None:
+        overrides["num_self_attend_layers"] = recipe.num_layers
+    if recipe.num_heads is not None:
+        overrides["num_cross_attend_heads"] = overrides["num_self_attend_heads"] = recipe.num_heads
+    return overrides
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,26 +85,12 @@ class TextRecipe:
         checkpoint_every=100, log_every=10, eval_every=100))
 
     def __post_init__(self) -> None:
-        for name in ("context", "num_latents", "channels", "num_layers", "num_heads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1 or None")
+        _check_sizes(self, ("context", "num_latents", "channels", "num_layers", "num_heads"))
         if isinstance(self.eval_windows, bool) or not isinstance(self.eval_windows, int) or self.eval_windows < 1:
             raise ValueError(f"eval_windows={self.eval_windows!r} is invalid: expected an int >= 1")
 
     def model_overrides(self) -> dict[str, Any]:
-        overrides: dict[str, Any] = {}
-        if self.context is not None:
-            overrides["max_context_length"] = self.context
-        if self.num_latents is not None:
-            overrides["num_latents"] = self.num_latents
-        if self.channels is not None:
-            overrides["num_channels"] = overrides["num_latent_channels"] = self.channels
-        if self.num_layers is not None:
-            overrides["num_self_attend_layers"] = self.num_layers
-        if self.num_heads is not None:
-            overrides["num_cross_attend_heads"] = overrides["num_self_attend_heads"] = self.num_heads
-        return overrides
+        return ar_overrides(self, context=self.context)
 
     def task(self) -> TextTask:
         return TextTask(model=self.model, model_overrides=self.model_overrides(), eval_windows=self.eval_windows,
@@ -92,5 +102,56 @@ class TextRecipe:
                 f"{result['num_validation_bytes']:,} bytes, trained in {result['train_seconds']:.0f} s")
 
 
-RECIPES: dict[str, type] = {"digits": DigitsRecipe, "text": TextRecipe, "hip-mae": HiPMAERecipe,
+@dataclass(frozen=True, kw_only=True)
+class CopyRecipe:
+    """Perceiver AR on the official synthetic copy task (:mod:`perceivers.data.copy_task`): sequences of
+    ``length`` tokens whose second half mirrors the first, so the last copies reach back to the start.
+
+    The context is ``length - 1``; ``num_latents`` / ``channels`` / ``num_layers`` / ``num_heads`` override the
+    registered model (``None`` keeps it). Training draws fresh sequences (item ``i`` of a seeded stream of
+    ``train_sequences``); evaluation scores ``eval_sequences`` other ones, teacher-forced.
+    """
+
+    aliases: ClassVar[dict[str, str]] = {"latents": "num_latents", "layers": "num_layers", "heads": "num_heads"}
+
+    model: str = "perceiver-ar-copy"
+    length: int = 64
+    num_latents: int | None = None
+    channels: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    train_sequences: int = 1 << 20
+    eval_sequences: int = 256
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(
+        steps=1000, epochs=None, batch_size=32, lr=2e-3, weight_decay=0.01, warmup_fraction=0.1, grad_clip=1.0,
+        checkpoint_every=500, log_every=20, eval_every=250))
+
+    def __post_init__(self) -> None:
+        from perceivers.data.copy_task import check_length
+
+        check_length(self.length)
+        _check_sizes(self, ("num_latents", "channels", "num_layers", "num_heads"))
+        for name in ("train_sequences", "eval_sequences"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
+        if self.num_latents is not None and self.num_latents > self.length - 1:
+            raise ValueError(f"num_latents={self.num_latents} is invalid: expected at most the context "
+                             f"length - 1 = {self.length - 1}")
+
+    def task(self) -> CopyTask:
+        return CopyTask(model=self.model, model_overrides=ar_overrides(self, context=self.length - 1),
+                        length=self.length, train_sequences=self.train_sequences,
+                        eval_sequences=self.eval_sequences, seed=self.engine.seed)
+
+    @staticmethod
+    def summary(result: dict[str, Any]) -> str:
+        far = result.get("far_quarter_accuracy")
+        return (f"copy accuracy on the mirrored half: {result['copy_accuracy']:.4f}"
+                + (f" (farthest quarter {far:.4f})" if far is not None else "")
+                + f", copies from up to {result['max_distance']} positions back, chance {result['chance']:.4f}; "
+                f"trained in {result['train_seconds']:.0f} s")
+
+
+RECIPES: dict[str, type] = {"digits": DigitsRecipe, "text": TextRecipe, "copy": CopyRecipe, "hip-mae": HiPMAERecipe,
                              "hip-mae-finetune": HiPFinetuneRecipe}

@@ -1,10 +1,10 @@
-"""Engine tasks of the built-in recipes: digits classification and byte-level language modelling."""
+"""Engine tasks of the built-in recipes: digits classification, byte-level language modelling, the copy task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -155,6 +155,85 @@ class TextTask:
                           "train_files": len(c.train_files), "validation_files": len(c.validation_files),
                           "train_tokens": c.train.numel(), "validation_tokens": c.validation.numel(),
                           "include_tests": self.include_tests}}
+
+    def on_end(self, model: nn.Module, out_dir: Path) -> None:
+        """Nothing beyond the engine's model and metrics."""
+
+
+@dataclass
+class CopyTask:
+    """Perceiver AR on the official copy task (:mod:`perceivers.data.copy_task`, synthetic): training items are
+    sequences ``0 .. train_sequences - 1`` of a stream seeded by ``seed``; evaluation scores ``eval_sequences``
+    sequences of a separate stream, teacher-forced: the accuracy of the predictions of the mirrored half, and of
+    its farthest quarter (the copies whose source is closest to the start)."""
+
+    model: str = "perceiver-ar-copy"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    length: int = 64
+    train_sequences: int = 1 << 20
+    eval_sequences: int = 256
+    seed: int = 0
+    name: str = "copy"
+    _latents: int | None = field(default=None, init=False, repr=False)
+
+    EVAL_SEED: ClassVar[int] = 12345  # the evaluation stream (a torch.Generator seed)
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.model, **self.model_overrides)
+
+    def _num_latents(self) -> int:
+        if self._latents is None:
+            c = create_model(self.model, device="meta", **self.model_overrides).config
+            if c.max_context_length != self.length - 1:
+                raise ValueError(f"model context {c.max_context_length} does not fit length={self.length}: "
+                                 f"the copy task needs max_context_length = length - 1 = {self.length - 1}")
+            if c.num_latents < 2:
+                raise ValueError(f"num_latents={c.num_latents} is invalid for the copy task: expected >= 2 (the last "
+                                 "latent predicts EOS; the ones before it score the copies)")
+            self._latents = c.num_latents
+        return self._latents
+
+    def train_dataset(self) -> Dataset:
+        from perceivers.data.copy_task import MirroredSequences
+
+        self._num_latents()  # fail early on a context that does not fit
+        return MirroredSequences(size=self.train_sequences, length=self.length, seed=self.seed)
+
+    def training_loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+        from perceivers.training.lm import lm_loss
+
+        lengths = torch.full((batch.shape[0],), self.length, device=batch.device)
+        return lm_loss(model, batch, lengths, self._num_latents()), {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from perceivers.data.copy_task import copy_positions, mirrored_sequences
+        from perceivers.training.lm import latent_targets
+
+        n, device = self._num_latents(), next(model.parameters()).device
+        sequences = mirrored_sequences(self.eval_sequences, self.length, torch.Generator().manual_seed(self.EVAL_SEED))
+        lengths = torch.full((self.eval_sequences,), self.length)
+        inputs, input_lengths, targets = latent_targets(sequences, lengths, n)
+        was_training = model.training
+        model.eval()
+        correct = torch.cat([model(inputs[i:i + 64].to(device), input_lengths[i:i + 64].to(device),
+                                   num_latents=n).argmax(-1).cpu() == targets[i:i + 64]
+                             for i in range(0, self.eval_sequences, 64)])  # (E, N)
+        model.train(was_training)
+        copy, far = copy_positions(self.length, n)
+        k = (self.length - 2) // 2
+        result = {"copy_accuracy": float(correct[:, copy].float().mean()),
+                  "num_scored_copies": int(copy.sum()) * self.eval_sequences, "max_distance": 2 * k - 1,
+                  "chance": 1 / 256}
+        if far.any():  # sequences of 8 or fewer tokens have no farthest quarter
+            result["far_quarter_accuracy"] = float(correct[:, far].float().mean())
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        return {"recipe": "copy", "model": self.model, "model_overrides": self.model_overrides, "length": self.length,
+                "num_latents": self._num_latents(), "data": "synthetic: official RandomMirroredDataset sequences",
+                "train_sequences": self.train_sequences, "eval_sequences": self.eval_sequences,
+                "eval_seed": self.EVAL_SEED}
 
     def on_end(self, model: nn.Module, out_dir: Path) -> None:
         """Nothing beyond the engine's model and metrics."""

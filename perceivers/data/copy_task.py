@@ -1,0 +1,59 @@
+"""The official synthetic copy task (``RandomMirroredDataset`` of the Perceiver AR release). Synthetic data.
+
+A sequence of ``S`` tokens (``S`` even) is ``[SOS, x_1 .. x_k, x_k .. x_1, EOS]`` with ``k = (S - 2) / 2``
+uniformly random bytes (ids ``3 .. 258``, the byte vocabulary of :mod:`perceivers.data.text`). Only the
+second, mirrored half is predictable: its token ``x_j`` sits ``2 (k - j) + 1`` positions after its
+source, so the last copies reach back to the start of the sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from perceivers.data.text import BYTE_OFFSET, EOS_ID, SOS_ID, VOCAB_SIZE
+
+
+def check_length(length: object) -> int:
+    """``length`` as an int, or ``ValueError`` unless it is an even int >= 4."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 4 or length % 2:
+        raise ValueError(f"length={length!r} is invalid: expected an even int >= 4 (SOS, k bytes, k mirrored, EOS)")
+    return length
+
+
+def mirrored_sequences(batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+    """``(batch, length)`` long copy-task sequences drawn from ``generator``."""
+    k = (check_length(length) - 2) // 2
+    x = torch.randint(BYTE_OFFSET, VOCAB_SIZE, (batch, k), generator=generator)
+    sos, eos = torch.full((batch, 1), SOS_ID), torch.full((batch, 1), EOS_ID)
+    return torch.cat([sos, x, x.flip(1), eos], dim=1)
+
+
+class MirroredSequences(Dataset):
+    """``size`` copy-task sequences generated on demand: item ``i`` is a pure function of ``(seed, i)``, so any
+    data order (and a resumed run) sees the same sequences. Items: ``(length,)`` long."""
+
+    def __init__(self, *, size: int, length: int, seed: int = 0) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size={size!r} is invalid: expected an int >= 1")
+        self.size, self.length, self.seed = size, check_length(length), seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Tensor:
+        if not 0 <= i < self.size:
+            raise IndexError(f"index {i} out of range for {self.size} sequences")
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
+        return mirrored_sequences(1, self.length, g)[0]
+
+
+def copy_positions(length: int, num_latents: int) -> tuple[Tensor, Tensor]:
+    """Which of the ``num_latents`` predictions (latent ``i`` predicts sequence index ``length - N + i``)
+    are copies (the mirrored half) and which are the farthest quarter of them (sources within the first
+    ``k // 4`` bytes). ``-> (copy (N,), far (N,))`` bool."""
+    k = (check_length(length) - 2) // 2
+    t = torch.arange(length - num_latents, length)
+    copy = (t >= k + 1) & (t <= 2 * k)
+    return copy, copy & (t > 2 * k - k // 4)
