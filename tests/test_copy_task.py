@@ -30,6 +30,11 @@ def test_dataset_items_depend_only_on_seed_and_index():
     assert not torch.equal(a[7], MirroredSequences(size=100, length=10, seed=4)[7])
     with pytest.raises(IndexError):
         a[100]
+    # no training item replays the evaluation stream (odd seed 12345): item 12345 of seed 0 used to (its
+    # generator seed was seed * 1_000_003 + i); item 6172 now has seed 12344
+    evaluation = mirrored_sequences(256, 10, torch.Generator().manual_seed(CopyTask.EVAL_SEED))
+    train = MirroredSequences(size=20000, length=10, seed=0)
+    assert not any(torch.equal(train[i], evaluation[0]) for i in (6172, 12345))
 
 
 @pytest.mark.parametrize("length", [3, 7, 2, True, 10.0])

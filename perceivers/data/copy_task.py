@@ -32,7 +32,10 @@ def mirrored_sequences(batch: int, length: int, generator: torch.Generator | Non
 
 class MirroredSequences(Dataset):
     """``size`` copy-task sequences generated on demand: item ``i`` is a pure function of ``(seed, i)``, so any
-    data order (and a resumed run) sees the same sequences. Items: ``(length,)`` long."""
+    data order (and a resumed run) sees the same sequences. Items: ``(length,)`` long.
+
+    Each item draws from its own ``torch.Generator`` with an *even* seed; evaluation streams (e.g. the copy
+    recipe's) use odd seeds, so training and evaluation never replay the same random stream."""
 
     def __init__(self, *, size: int, length: int, seed: int = 0) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -45,7 +48,7 @@ class MirroredSequences(Dataset):
     def __getitem__(self, i: int) -> Tensor:
         if not 0 <= i < self.size:
             raise IndexError(f"index {i} out of range for {self.size} sequences")
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
+        g = torch.Generator().manual_seed(2 * ((self.seed * 1_000_003 + i) % 2**62))
         return mirrored_sequences(1, self.length, g)[0]
 
 

@@ -176,7 +176,7 @@ class CopyTask:
     name: str = "copy"
     _latents: int | None = field(default=None, init=False, repr=False)
 
-    EVAL_SEED: ClassVar[int] = 12345  # the evaluation stream (a torch.Generator seed)
+    EVAL_SEED: ClassVar[int] = 12345  # the evaluation stream (odd: training items use even generator seeds)
 
     def build_model(self) -> nn.Module:
         return create_model(self.model, **self.model_overrides)
