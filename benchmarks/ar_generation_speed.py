@@ -186,19 +186,23 @@ def main() -> None:
                                               for res in rounds[-1]))
         for res in rounds[-1]:
             res["perceivers_speedup"] = ours["tokens_per_s"] / res["tokens_per_s"]
-    results = []
-    for i in range(len(runners)):
-        per_round = sorted((rd[i] for rd in rounds), key=lambda res: res["perceivers_speedup"])
-        median = dict(per_round[len(per_round) // 2])
+    # perceivers: its median-speed round; each peer: the round with its median speed-up, next to our
+    # tokens/s in that same round (the speed-up is the ratio of those two).
+    results = [dict(sorted((rd[0] for rd in rounds), key=lambda res: res["tokens_per_s"])[len(rounds) // 2])]
+    for i in range(1, len(runners)):
+        order = sorted(range(len(rounds)), key=lambda r: rounds[r][i]["perceivers_speedup"])
+        k = order[len(order) // 2]
+        median = dict(rounds[k][i], round=k + 1, perceivers_tokens_per_s_same_round=rounds[k][0]["tokens_per_s"])
         median["speedup_per_round"] = [rd[i]["perceivers_speedup"] for rd in rounds]
         results.append(median)
     print(f"{'model':<52} {'prefill s':>9} {'tok/s':>8} {'ms/tok start':>12} {'ms/tok end':>10} {'end/start':>9} "
-          f"{'ours x':>7}")
+          f"{'ours tok/s':>10} {'ours x':>7}")
     for r in results:
+        same = r.get("perceivers_tokens_per_s_same_round", r["tokens_per_s"])
         print(f"{r['model']:<52} {r['prefill_s']:>9.2f} {r['tokens_per_s']:>8.2f} {r['ms_per_token_start']:>12.1f} "
-              f"{r['ms_per_token_end']:>10.1f} {r['end_over_start']:>9.2f} {r['perceivers_speedup']:>7.1f}")
-    print("(the round with the median speed-up is shown for each peer; ours x = perceivers tok/s / its tok/s "
-          "in the same round)")
+              f"{r['ms_per_token_end']:>10.1f} {r['end_over_start']:>9.2f} {same:>10.2f} {r['perceivers_speedup']:>7.1f}")
+    print("(perceivers: its median round; each peer: the round with its median speed-up; ours tok/s = perceivers in "
+          "that round, ours x = ours tok/s / its tok/s)")
     ours = results[0]
     bandwidth = read_bandwidth()
     effective = ours["bytes_per_token"] * ours["tokens_per_s"]
