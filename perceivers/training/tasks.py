@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from perceivers.registry import create_model
+from perceivers.registry import create_model, get_config
 from perceivers.training.engine import classification_loss
 
 
@@ -120,7 +120,7 @@ class TextTask:
     def _shape(self) -> tuple[int, int]:
         """(context M, latents N) of the configured model."""
         if self._dims is None:
-            c = create_model(self.model, device="meta", **self.model_overrides).config
+            c = get_config(self.model, **self.model_overrides)
             self._dims = (c.max_context_length, c.num_latents)
         return self._dims
 
@@ -183,7 +183,7 @@ class CopyTask:
 
     def _num_latents(self) -> int:
         if self._latents is None:
-            c = create_model(self.model, device="meta", **self.model_overrides).config
+            c = get_config(self.model, **self.model_overrides)
             if c.max_context_length != self.length - 1:
                 raise ValueError(f"model context {c.max_context_length} does not fit length={self.length}: "
                                  f"the copy task needs max_context_length = length - 1 = {self.length - 1}")
