@@ -21,6 +21,7 @@ Memory traffic: at batch 1 a decode step is bound by memory reads, so the run al
 perceivers step must read (every linear weight and bias, plus the cached keys and values it attends
 over, averaged over the generated tokens) divided by its per-token time, next to what one large
 matrix-vector product reaches on this machine with the same threads (the practical read bandwidth).
+
 Run: ``python benchmarks/ar_generation_speed.py --threads 1``.
 """
 
