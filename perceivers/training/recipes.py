@@ -37,11 +37,14 @@ class DigitsRecipe:
         return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"
 
 
-def _check_sizes(recipe: Any, names: tuple[str, ...]) -> None:
+def _check_sizes(recipe: Any, names: tuple[str, ...], *, optional: bool = True) -> None:
+    """``ValueError`` naming the field unless each is an int >= 1 (or ``None`` when ``optional``)."""
     for name in names:
         value = getattr(recipe, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1 or None")
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1{' or None' if optional else ''}")
 
 
 def ar_overrides(recipe: Any, *, context: int | None) -> dict[str, Any]:
@@ -86,8 +89,7 @@ class TextRecipe:
 
     def __post_init__(self) -> None:
         _check_sizes(self, ("context", "num_latents", "channels", "num_layers", "num_heads"))
-        if isinstance(self.eval_windows, bool) or not isinstance(self.eval_windows, int) or self.eval_windows < 1:
-            raise ValueError(f"eval_windows={self.eval_windows!r} is invalid: expected an int >= 1")
+        _check_sizes(self, ("eval_windows",), optional=False)
 
     def model_overrides(self) -> dict[str, Any]:
         return ar_overrides(self, context=self.context)
@@ -131,10 +133,7 @@ class CopyRecipe:
 
         check_length(self.length)
         _check_sizes(self, ("num_latents", "channels", "num_layers", "num_heads"))
-        for name in ("train_sequences", "eval_sequences"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
+        _check_sizes(self, ("train_sequences", "eval_sequences"), optional=False)
         if self.num_latents is not None and self.num_latents > self.length - 1:
             raise ValueError(f"num_latents={self.num_latents} is invalid: expected at most the context "
                              f"length - 1 = {self.length - 1}")
