@@ -67,7 +67,7 @@ def read_bandwidth(repeats: int = 5) -> float:
 
 
 def bench_perceivers(args, prompt: torch.Tensor) -> dict:
-    from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
+    from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
 
     config = PerceiverARConfig(
         vocab_size=259, max_context_length=args.prompt_len + args.new_tokens, num_latents=args.latents,

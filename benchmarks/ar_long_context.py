@@ -30,13 +30,22 @@ import time
 import torch
 
 from perceivers.data.text import load_corpus, random_windows, validation_windows
-from perceivers.registry import create_model
-from perceivers.training.lm import LMTrainConfig, evaluate_bits_per_byte, lm_loss, train_lm
+from perceivers.models import create_model
+from perceivers.training.lm import (
+    LMTrainConfig,
+    evaluate_bits_per_byte,
+    lm_loss,
+    train_lm,
+)
 
 
 def step_flops(context: int, args, corpus) -> int:
     """Training FLOPs (forward + backward) of one batch for the model with this context."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+    from torch.utils.flop_counter import (
+        FlopCounterMode,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
 
     model = create_model("perceiver-ar-stdlib-bytes", max_context_length=context, num_latents=args.latents)
     ids, lengths = random_windows(corpus.train, batch_size=args.batch_size, context=context, min_length=args.latents,

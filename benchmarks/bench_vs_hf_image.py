@@ -25,7 +25,13 @@ import torch
 def build(args: argparse.Namespace):
     from transformers import PerceiverConfig, PerceiverForImageClassificationFourier
 
-    from perceivers import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIO, PerceiverIOConfig
+    from perceivers import (
+        DecoderConfig,
+        EncoderConfig,
+        ImagePreprocessorConfig,
+        PerceiverIO,
+        PerceiverIOConfig,
+    )
     from perceivers.converters.hf_keys import hf_to_perceivers_state_dict
 
     hf_cfg = PerceiverConfig(num_latents=args.latents, d_latents=1024, num_blocks=args.blocks,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def neighbour_similarity(table: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from perceivers.hub import write_json
+    from perceivers.core.files import write_json
     from perceivers.training.engine import run_task
     from perceivers.training.hip_mae import HiPFinetuneRecipe, HiPMAERecipe
 
@@ -74,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         mae = HiPMAERecipe()
         run_task(mae.task(), mae.engine, out / "mae", progress=False)
         pretrained = str(out / "mae" / "model")
-    from perceivers.hub import from_pretrained
-    from perceivers.models.hip_blocks import init_table_fan_in
+    from perceivers.models import from_pretrained
+    from perceivers.models.hip.blocks import init_table_fan_in
     from perceivers.training.hip_mae import fourier_position_table
 
     mae_table = from_pretrained(pretrained).position_tables["image"].detach()

@@ -36,8 +36,8 @@ MODELS = ("hip", "perceiver-io")
 
 
 def build(kind: str, points: int):
-    from perceivers.models.hip import HiP
-    from perceivers.models.hip_config import HiPConfig
+    from perceivers.models.hip.config import HiPConfig
+    from perceivers.models.hip.model import HiP
 
     common = dict(modalities={"points": (points, 3)}, num_embedding_channels=32, num_position_encoding_channels=None,
                   self_attend_widening_factor=4, cross_attend_widening_factor=1)

@@ -1,14 +1,21 @@
 """perceivers: the Perceiver family (Perceiver, Perceiver IO, Perceiver AR, HiP) in PyTorch."""
 
-from perceivers.hub import from_pretrained
-from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
-from perceivers.models.flow_config import PerceiverIOFlowConfig
-from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
-from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
-from perceivers.models.perceiver_io import PerceiverIO
-from perceivers.models.perceiver_io_flow import PerceiverIOFlow
-from perceivers.models.perceiver_io_language import PerceiverIOLanguage
-from perceivers.registry import create_model, get_config, list_models
+from perceivers.models import create_model, from_pretrained, get_config, list_models
+from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
+from perceivers.models.perceiver_io.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ImagePreprocessorConfig,
+    PerceiverIOConfig,
+)
+from perceivers.models.perceiver_io.flow import PerceiverIOFlow
+from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
+from perceivers.models.perceiver_io.language import PerceiverIOLanguage
+from perceivers.models.perceiver_io.language_config import (
+    PerceiverIOLanguageConfig,
+    TextPreprocessorConfig,
+)
+from perceivers.models.perceiver_io.model import PerceiverIO
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,12 @@ import random
 import pytest
 import torch
 
-from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
+from perceivers.models.perceiver_io.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ImagePreprocessorConfig,
+    PerceiverIOConfig,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ def test_generation_speed_benchmark_reports_memory_traffic(tmp_path):
     ours = json.loads(out.read_text())["results"][0]
     # 1 latent layer, width 16: every parameter but the token embedding, plus K and V (2 x 4 bytes x 16
     # channels) of 32 + 3 inputs on average and 1 layer x (8 + 3) latents.
-    from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
+    from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
 
     model = PerceiverAR(PerceiverARConfig(vocab_size=259, max_context_length=38, num_latents=8, num_channels=16,
                                           num_latent_channels=16, num_self_attend_layers=1,

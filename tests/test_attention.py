@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import randomize_
 
 from perceivers.layers.attention import Attention
-from conftest import randomize_
 
 B, N, M = 2, 5, 7
 Q_IN, KV_IN, QK, V, OUT, H = 6, 9, 8, 12, 5, 4

@@ -7,8 +7,11 @@ import torch
 
 from perceivers import from_pretrained
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models.multimodal_config import ModalityConfig, PerceiverIOAudioConfig
-from perceivers.registry import create_model, get_config
+from perceivers.models import create_model, get_config
+from perceivers.models.perceiver_io.multimodal_config import (
+    ModalityConfig,
+    PerceiverIOAudioConfig,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

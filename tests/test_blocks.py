@@ -7,9 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from perceivers.layers.blocks import MLP, CrossAttentionBlock, SelfAttentionBlock, activation_fn
 from conftest import randomize_
+
+from perceivers.layers.blocks import (
+    MLP,
+    CrossAttentionBlock,
+    SelfAttentionBlock,
+    activation_fn,
+)
 
 B, N, M, CQ, CKV = 2, 3, 5, 6, 10
 

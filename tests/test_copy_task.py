@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from perceivers.data.copy_task import MirroredSequences, copy_positions, mirrored_sequences
+from perceivers.data.copy_task import (
+    MirroredSequences,
+    copy_positions,
+    mirrored_sequences,
+)
 from perceivers.data.text import EOS_ID, SOS_ID
 from perceivers.training.engine import EngineConfig, run_recipe
 from perceivers.training.overrides import apply_overrides
@@ -109,7 +113,7 @@ def test_train_copy_runs_on_the_engine_and_learns(tmp_path):
 
 
 def test_copy_model_count_by_component():
-    from perceivers.registry import create_model, get_entry
+    from perceivers.models import create_model, get_entry
 
     model = create_model("perceiver-ar-copy", device="meta")
     count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config, tiny_decoder, tiny_encoder, tiny_prep
 
 from perceivers import PerceiverIO
 from perceivers.layers.attention import Attention
 from perceivers.layers.blocks import MLP, CrossAttentionBlock, SelfAttentionBlock
-from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
-from conftest import tiny_config, tiny_decoder, tiny_encoder, tiny_prep
+from perceivers.models.perceiver_io.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ImagePreprocessorConfig,
+    PerceiverIOConfig,
+)
 
 
 @pytest.fixture

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_
 
 from perceivers.cli.main import main
 from perceivers.generation.fill_mask import fill_mask, masked_ids
+from perceivers.models import create_model
 from perceivers.preprocessors.text import MASK_ID, NUM_SPECIAL
-from perceivers.registry import create_model
-
-from conftest import randomize_
 
 TEXT = "The capital of France is [MASK][MASK][MASK][MASK][MASK]."
 

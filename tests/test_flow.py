@@ -8,12 +8,21 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from conftest import randomize_
+
 from perceivers import create_model, from_pretrained
-from perceivers.models.flow_config import FlowDecoderConfig, FlowPreprocessorConfig, PerceiverIOFlowConfig
-from perceivers.models.perceiver_io_flow import PerceiverIOFlow
-from perceivers.preprocessors.flow import extract_flow_patches, frames_from_images, tile_starts, tile_weights
+from perceivers.models.perceiver_io.flow import PerceiverIOFlow
+from perceivers.models.perceiver_io.flow_config import (
+    FlowDecoderConfig,
+    FlowPreprocessorConfig,
+    PerceiverIOFlowConfig,
+)
+from perceivers.preprocessors.flow import (
+    extract_flow_patches,
+    frames_from_images,
+    tile_starts,
+    tile_weights,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 H, W = 12, 16  # perceiver-io-flow-debug image size

@@ -8,12 +8,17 @@ import math
 
 import pytest
 import torch
+from test_perceiver_ar import make, randomized, tiny_ar
 
 from perceivers.generation import CachedDecoder, PerceiverARCache, generate
 from perceivers.generation.kv_cache import LayerKVCache
-from perceivers.generation.sampling import process_logits, sample_next, top_k_filter, top_p_filter
-from perceivers.models.perceiver_ar import PerceiverAR
-from test_perceiver_ar import make, randomized, tiny_ar
+from perceivers.generation.sampling import (
+    process_logits,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
+from perceivers.models.perceiver_ar.model import PerceiverAR
 
 POSITIONS = ["rotary", "absolute"]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from perceivers.converters import haiku as hk
+from perceivers.models import create_model
 from perceivers.preprocessors.image import tf_same_padding
-from perceivers.registry import create_model
 
 SMALL = {"encoder": {"num_latents": 4, "num_latent_channels": 16, "num_blocks": 2, "num_self_attends_per_block": 2,
                      "num_self_attend_heads": 2},
@@ -185,7 +185,7 @@ def test_missing_and_garbage_files(tmp_path):
 def test_cli_converts_a_released_size_fourier_tree(tmp_path, haiku_module, capsys):
     """`perceivers convert haiku` on a full-size tree with the official names and shapes."""
     from perceivers.cli.main import main
-    from perceivers.hub import from_pretrained
+    from perceivers.models import from_pretrained
 
     model = create_model("perceiver-io-imagenet-fourier", device="meta")
     tree: dict[str, dict[str, np.ndarray]] = {}

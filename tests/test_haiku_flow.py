@@ -12,11 +12,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from conftest import official_haiku_tree, randomize_
+
 from perceivers.cli.main import main
 from perceivers.converters import haiku as hk
-from perceivers.registry import create_model
+from perceivers.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pickle
 
-import numpy as np
 import pytest
 import torch
+from conftest import official_haiku_tree, randomize_
 
 from perceivers.converters import haiku as hk
-from perceivers.registry import create_model
-
-from conftest import official_haiku_tree, randomize_
+from perceivers.models import create_model
 
 
 def test_official_mlm_tree_converts_exactly(tmp_path):

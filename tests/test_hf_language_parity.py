@@ -14,9 +14,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from perceivers.converters.hf_keys import hf_to_perceivers_state_dict  # noqa: E402
-from perceivers.models.config import DecoderConfig, EncoderConfig  # noqa: E402
-from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig  # noqa: E402
-from perceivers.models.perceiver_io_language import PerceiverIOLanguage  # noqa: E402
+from perceivers.models.perceiver_io.config import DecoderConfig, EncoderConfig  # noqa: E402
+from perceivers.models.perceiver_io.language import PerceiverIOLanguage  # noqa: E402
+from perceivers.models.perceiver_io.language_config import (  # noqa: E402
+    PerceiverIOLanguageConfig,
+    TextPreprocessorConfig,
+)
 from perceivers.preprocessors.text import BytesTokenizer  # noqa: E402
 
 TOL = 1e-5

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from perceivers import from_pretrained  # noqa: E402
 from perceivers.cli.main import main  # noqa: E402
 from perceivers.converters.hf import convert_hf_folder, convert_to_hf_folder  # noqa: E402
-from perceivers.registry import create_model  # noqa: E402
+from perceivers.models import create_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

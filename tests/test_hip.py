@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from perceivers import create_model
-from perceivers.hub import from_pretrained
-from perceivers.models.hip import HiP
-from perceivers.models.hip_blocks import HiPBlock, assign_groups, group, plan_groups, regroup, ungroup
-from perceivers.models.hip_config import HiPConfig
-from perceivers.registry import get_entry
+from perceivers.models import from_pretrained, get_entry
+from perceivers.models.hip.blocks import (
+    HiPBlock,
+    assign_groups,
+    group,
+    plan_groups,
+    regroup,
+    ungroup,
+)
+from perceivers.models.hip.config import HiPConfig
+from perceivers.models.hip.model import HiP
 
 OFFICIAL = {"hip-16": 99_224_996, "hip-256": 95_585_188, "hip-mini": 18_709_668,
             "hip-mini-class-bottleneck": 21_114_788}
@@ -259,7 +265,7 @@ def test_perceiver_io_baseline_concatenates_modalities():
 
 
 def test_drop_path_keep_is_per_example_and_unscaled():
-    from perceivers.models.hip_blocks import drop_path_keep
+    from perceivers.models.hip.blocks import drop_path_keep
 
     keep = drop_path_keep(4000, 3, 0.3, torch.empty(0))
     assert keep.shape == (12000, 1, 1) and set(keep.unique().tolist()) <= {0.0, 1.0}
@@ -269,7 +275,7 @@ def test_drop_path_keep_is_per_example_and_unscaled():
 
 
 def test_drop_path_matches_a_reference_and_is_off_in_eval():
-    from perceivers.models.hip_blocks import drop_path_keep
+    from perceivers.models.hip.blocks import drop_path_keep
 
     cfg = tiny(drop_path_rate=0.5)
     model = HiP(cfg)

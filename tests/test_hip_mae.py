@@ -11,13 +11,20 @@ import torch
 
 from perceivers import create_model
 from perceivers.data.images import images_to_tokens, tokens_to_images, write_png
-from perceivers.hub import from_pretrained
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models.hip import HiP
-from perceivers.models.hip_classifier import HiPClassifier, HiPClassifierConfig
-from perceivers.models.hip_config import HiPConfig
-from perceivers.training.hip_mae import (HiPFinetuneTask, HiPMAETask, fourier_position_table, masked_mse,
-                                         normalise_targets, random_mask, reconstruction_grid)
+from perceivers.models import from_pretrained
+from perceivers.models.hip.classifier import HiPClassifier, HiPClassifierConfig
+from perceivers.models.hip.config import HiPConfig
+from perceivers.models.hip.model import HiP
+from perceivers.training.hip_mae import (
+    HiPFinetuneTask,
+    HiPMAETask,
+    fourier_position_table,
+    masked_mse,
+    normalise_targets,
+    random_mask,
+    reconstruction_grid,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

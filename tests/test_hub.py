@@ -8,11 +8,11 @@ import struct
 
 import pytest
 import torch
+from conftest import randomize_, tiny_config, tiny_decoder, tiny_prep
 from safetensors.torch import load_file, save_file
 
 from perceivers import PerceiverIO, from_pretrained
-from perceivers.hub import CONFIG_NAME, WEIGHTS_NAME
-from conftest import randomize_, tiny_config, tiny_decoder, tiny_prep
+from perceivers.models.hub import CONFIG_NAME, WEIGHTS_NAME
 
 
 def _model(cfg=None) -> PerceiverIO:
@@ -222,7 +222,7 @@ def test_from_pretrained_in_a_fresh_process_knows_every_family(tmp_path):
     import subprocess
     import sys
 
-    from perceivers.registry import create_model
+    from perceivers.models import create_model
 
     names = ["perceiver-io-digits", "perceiver-ar-debug", "hip-debug", "perceiver-io-language-debug"]
     expected = []

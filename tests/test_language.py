@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_
 
 from perceivers import from_pretrained
-from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
-from perceivers.models.perceiver_io_language import PerceiverIOLanguage
+from perceivers.models import create_model, get_config, get_entry
+from perceivers.models.perceiver_io.language import PerceiverIOLanguage
+from perceivers.models.perceiver_io.language_config import (
+    PerceiverIOLanguageConfig,
+    TextPreprocessorConfig,
+)
 from perceivers.preprocessors.text import MASK_ID, BytesTokenizer, TextPreprocessor
-from perceivers.registry import create_model, get_config, get_entry
-
-from conftest import randomize_
 
 MULTILINGUAL = [
     "The quick brown fox jumps over the lazy dog.",

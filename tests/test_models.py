@@ -6,15 +6,23 @@ import math
 
 import pytest
 import torch
+from conftest import randomize_, tiny_config, tiny_decoder, tiny_encoder, tiny_prep
 
 from perceivers import PerceiverIO, create_model, list_models
-from perceivers.decoders.basic import BasicDecoder, ClassificationDecoder, ProjectionDecoder
+from perceivers.decoders.basic import (
+    BasicDecoder,
+    ClassificationDecoder,
+    ProjectionDecoder,
+)
 from perceivers.layers.attention import Attention
 from perceivers.layers.blocks import MLP
-from perceivers.layers.position import fourier_features, grid_positions, subsampled_positions
-from perceivers.models.encoder import PerceiverEncoder
-from perceivers.registry import get_entry
-from conftest import randomize_, tiny_config, tiny_decoder, tiny_encoder, tiny_prep
+from perceivers.layers.position import (
+    fourier_features,
+    grid_positions,
+    subsampled_positions,
+)
+from perceivers.models import get_entry
+from perceivers.models.perceiver_io.encoder import PerceiverEncoder
 
 TRUNC_STD = 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
 

@@ -10,10 +10,13 @@ import torch
 
 from perceivers import from_pretrained
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models.multimodal_config import ModalityConfig, PerceiverIOMultimodalConfig
-from perceivers.models.perceiver_io_multimodal import PerceiverIOMultimodal
+from perceivers.models import create_model, get_config
+from perceivers.models.perceiver_io.multimodal import PerceiverIOMultimodal
+from perceivers.models.perceiver_io.multimodal_config import (
+    ModalityConfig,
+    PerceiverIOMultimodalConfig,
+)
 from perceivers.preprocessors.multimodal import video_space_to_depth
-from perceivers.registry import create_model, get_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,21 @@ import torch
 import torch.nn.functional as F
 
 from perceivers.generation.kv_cache import LayerKVCache
-from perceivers.hub import from_pretrained
 from perceivers.layers.attention import Attention
-from perceivers.layers.rotary import Rotary, RotaryEmbedding, apply_rotary, rotary_channels, rotary_wavelengths
-from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig, latent_steps, sinusoid_table
-from perceivers.registry import create_model, get_entry, list_models
+from perceivers.layers.rotary import (
+    Rotary,
+    RotaryEmbedding,
+    apply_rotary,
+    rotary_channels,
+    rotary_wavelengths,
+)
+from perceivers.models import create_model, from_pretrained, get_entry, list_models
+from perceivers.models.perceiver_ar.model import (
+    PerceiverAR,
+    PerceiverARConfig,
+    latent_steps,
+    sinusoid_table,
+)
 
 
 def tiny_ar(**overrides) -> PerceiverARConfig:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_, tiny_prep
 
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models.config import prep_grid
-from perceivers.preprocessors.image import ImagePreprocessor, space_to_depth, tf_same_padding
-from conftest import randomize_, tiny_prep
+from perceivers.models.perceiver_io.config import prep_grid
+from perceivers.preprocessors.image import (
+    ImagePreprocessor,
+    space_to_depth,
+    tf_same_padding,
+)
 
 
 def test_tf_same_padding_values():

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 
 from perceivers import PerceiverIO
 from perceivers.layers.attention import Attention
-from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
+from perceivers.models.perceiver_io.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ImagePreprocessorConfig,
+    PerceiverIOConfig,
+)
 
 ACCEPTED = (ValueError, TypeError)
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from perceivers import PerceiverIO, create_model, get_config, list_models
-from perceivers.models.config import PerceiverIOConfig
-from perceivers.registry import get_entry, register_model
+from perceivers.core.registry import register_model
+from perceivers.models import get_entry
+from perceivers.models.perceiver_io.config import PerceiverIOConfig
 
 NAMES = {
     "perceiver-io-imagenet-learned",

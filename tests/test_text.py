@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from perceivers.cli.main import main
-from perceivers.data.text import (EOS_ID, SOS_ID, bits_per_byte, decode, encode, is_validation_file, load_corpus,
-                                  random_windows, source_files, validation_windows)
+from perceivers.data.text import (
+    EOS_ID,
+    SOS_ID,
+    bits_per_byte,
+    decode,
+    encode,
+    is_validation_file,
+    load_corpus,
+    random_windows,
+    source_files,
+    validation_windows,
+)
 from perceivers.training.lm import latent_targets
 
 
@@ -136,7 +146,7 @@ def test_generate_and_train_text_argument_errors(tmp_path, capsys):
 
 
 def test_generate_streamer_sees_every_token():
-    from perceivers.registry import create_model
+    from perceivers.models import create_model
 
     torch.manual_seed(0)
     model = create_model("perceiver-ar-debug").eval()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from perceivers import __version__
 
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from perceivers.training.recipes import RECIPES
 
@@ -213,8 +214,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from perceivers.data.text import EOS_ID, VOCAB_SIZE, encode
-    from perceivers.hub import from_pretrained
-    from perceivers.models.perceiver_ar import PerceiverAR
+    from perceivers.models import from_pretrained
+    from perceivers.models.perceiver_ar.model import PerceiverAR
 
     _set_threads(args.threads)
     if args.max_new_tokens < 0:
@@ -244,7 +245,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     from perceivers.generation.fill_mask import fill_mask
-    from perceivers.hub import from_pretrained
+    from perceivers.models import from_pretrained
 
     _set_threads(args.threads)
     model = from_pretrained(args.checkpoint, device=args.device)
@@ -256,7 +257,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from perceivers.data.digits import load_digits_split
-    from perceivers.hub import from_pretrained
+    from perceivers.models import from_pretrained
     from perceivers.training.trainer import evaluate
 
     model = from_pretrained(args.checkpoint, device=args.device)
@@ -293,7 +294,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from perceivers.registry import create_model, get_entry, list_models
+    from perceivers.models import create_model, get_entry, list_models
 
     names = list_models(args.filter)
     width = max((len(n) for n in names), default=4)

@@ -164,7 +164,7 @@ def convert_tree(tree: Mapping[str, Mapping[str, np.ndarray]], rows: list[Module
 def load_into(model: torch.nn.Module, converted: dict[str, Tensor], *, source: str) -> None:
     """Strictly load converted tensors; buffers without an official counterpart
     (BatchNorm ``num_batches_tracked``) keep the model's values."""
-    from perceivers.hub import load_state_dict_strict
+    from perceivers.models.hub import load_state_dict_strict
 
     state = dict(converted)
     for key, value in model.state_dict().items():
@@ -272,10 +272,12 @@ def guess_model_name(params: Mapping[str, object]) -> str:
 def model_rows(config) -> list[ModuleRow]:
     """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers), a language MLM, flow or
     multimodal config."""
-    from perceivers.models.config import PerceiverIOConfig
-    from perceivers.models.flow_config import PerceiverIOFlowConfig
-    from perceivers.models.language_config import PerceiverIOLanguageConfig
-    from perceivers.models.multimodal_config import PerceiverIOMultimodalConfig
+    from perceivers.models.perceiver_io.config import PerceiverIOConfig
+    from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
+    from perceivers.models.perceiver_io.language_config import PerceiverIOLanguageConfig
+    from perceivers.models.perceiver_io.multimodal_config import (
+        PerceiverIOMultimodalConfig,
+    )
 
     if isinstance(config, PerceiverIOMultimodalConfig):
         from perceivers.converters.haiku_multimodal import multimodal_rows
@@ -297,7 +299,7 @@ def model_rows(config) -> list[ModuleRow]:
 def convert_haiku_file(path: str | Path, model_name: str | None = None, **overrides):
     """Build the registered model for an official parameter file and load its weights (and BatchNorm
     statistics) strictly. Returns the model in eval mode."""
-    from perceivers.registry import create_model
+    from perceivers.models.registry import create_model
 
     params, state = load_haiku_pickle(path)
     name = model_name or guess_model_name(params)

@@ -18,7 +18,12 @@ assume they were created in sorted name order (the released model has one of eac
 
 from __future__ import annotations
 
-from perceivers.converters.haiku import ModuleRow, cross_attention_rows, encoder_rows, haiku_suffix
+from perceivers.converters.haiku import (
+    ModuleRow,
+    cross_attention_rows,
+    encoder_rows,
+    haiku_suffix,
+)
 
 #: Our modality kind -> official postprocessor module name.
 POSTPROCESSOR_NAMES = {"audio": "audio_postprocessor", "video": "projection_postprocessor",
@@ -26,7 +31,7 @@ POSTPROCESSOR_NAMES = {"audio": "audio_postprocessor", "video": "projection_post
 
 
 def multimodal_rows(config) -> list[ModuleRow]:
-    """Module table for a :class:`~perceivers.models.multimodal_config.PerceiverIOMultimodalConfig`."""
+    """Module table for a :class:`~perceivers.models.perceiver_io.multimodal_config.PerceiverIOMultimodalConfig`."""
     rows: list[ModuleRow] = []
     seen: dict[str, int] = {}
     for name, m in config.modalities.items():  # sorted names

@@ -45,14 +45,26 @@ from torch import Tensor, nn
 
 from perceivers.converters.hf_flow import FLOW, flow_config_from_hf, flow_fields_for_hf
 from perceivers.converters.hf_keys import HEAD_TABLES, expand_rows, map_state_dict
-from perceivers.converters.hf_multimodal import (MULTIMODAL, MULTIMODAL_TABLE, hf_multimodal_config,
-                                                 multimodal_config_to_hf)
-from perceivers.hub import (CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_state_dict_strict, read_json_object,
-                            write_json)
-from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
-from perceivers.models.flow_config import PerceiverIOFlowConfig
-from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
-from perceivers.models.multimodal_config import PerceiverIOMultimodalConfig
+from perceivers.converters.hf_multimodal import (
+    MULTIMODAL,
+    MULTIMODAL_TABLE,
+    hf_multimodal_config,
+    multimodal_config_to_hf,
+)
+from perceivers.core.files import atomic_write, read_json_object, write_json
+from perceivers.models.hub import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict
+from perceivers.models.perceiver_io.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ImagePreprocessorConfig,
+    PerceiverIOConfig,
+)
+from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
+from perceivers.models.perceiver_io.language_config import (
+    PerceiverIOLanguageConfig,
+    TextPreprocessorConfig,
+)
+from perceivers.models.perceiver_io.multimodal_config import PerceiverIOMultimodalConfig
 
 FOURIER = "PerceiverForImageClassificationFourier"
 LEARNED = "PerceiverForImageClassificationLearned"
@@ -341,10 +353,10 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
     classifier's kernel axes back (for ``deepmind/vision-perceiver-conv``; see the module docstring). Raises ``FileNotFoundError`` for missing files and ``ValueError``
     for an unsupported architecture or missing / unexpected / mis-shaped tensors.
     """
-    from perceivers.models.perceiver_io import PerceiverIO
-    from perceivers.models.perceiver_io_flow import PerceiverIOFlow
-    from perceivers.models.perceiver_io_multimodal import PerceiverIOMultimodal
-    from perceivers.models.perceiver_io_language import PerceiverIOLanguage
+    from perceivers.models.perceiver_io.flow import PerceiverIOFlow
+    from perceivers.models.perceiver_io.language import PerceiverIOLanguage
+    from perceivers.models.perceiver_io.model import PerceiverIO
+    from perceivers.models.perceiver_io.multimodal import PerceiverIOMultimodal
 
     hf, hf_state = read_hf_folder(src)
     arch, config = hf_config_to_ours(hf, hf_compat=hf_compat)
@@ -370,7 +382,7 @@ def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path
     ``transformers``' ``from_pretrained``."""
     from safetensors.torch import save_file
 
-    from perceivers.hub import from_pretrained
+    from perceivers.models import from_pretrained
 
     model = from_pretrained(src)
     hf = ours_config_to_hf(model.config)

@@ -23,8 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from perceivers.models.config import EncoderConfig
-from perceivers.models.flow_config import FLOW_TRAIN_SIZE, FlowDecoderConfig, FlowPreprocessorConfig, PerceiverIOFlowConfig
+from perceivers.models.perceiver_io.config import EncoderConfig
+from perceivers.models.perceiver_io.flow_config import (
+    FLOW_TRAIN_SIZE,
+    FlowDecoderConfig,
+    FlowPreprocessorConfig,
+    PerceiverIOFlowConfig,
+)
 
 FLOW = "PerceiverForOpticalFlow"
 #: What HF's flow preprocessor hard-codes (2 frames of 3x3 patches of RGB = 54 -> 64 channels, 64 bands).

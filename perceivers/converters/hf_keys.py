@@ -1,12 +1,12 @@
 """Declarative state-dict key table between HF ``transformers`` Perceiver models and ``perceivers``.
 
-Scope: ``PerceiverForImageClassificationFourier`` -> :class:`~perceivers.models.perceiver_io.PerceiverIO`
+Scope: ``PerceiverForImageClassificationFourier`` -> :class:`~perceivers.models.perceiver_io.model.PerceiverIO`
 built with a ``pixels`` image preprocessor + Fourier positions, an ``io`` encoder and a
 ``classification`` decoder (the Fourier/pixels preprocessor has no parameters on either side);
 ``PerceiverForImageClassificationLearned`` -> the same with a ``conv1x1`` preprocessor and trainable,
 projected positions; ``PerceiverForImageClassificationConvProcessing`` -> the same with a ``conv``
 preprocessor (7x7 conv + BatchNorm) and Fourier positions; ``PerceiverForMaskedLM`` / ``PerceiverForSequenceClassification`` ->
-:class:`~perceivers.models.perceiver_io_language.PerceiverIOLanguage` (text preprocessor, MLM decoder
+:class:`~perceivers.models.perceiver_io.language.PerceiverIOLanguage` (text preprocessor, MLM decoder
 with tied embedding decoder, or classification decoder).
 
 The table is a list of ``(hf_pattern, ours_pattern)`` rows. Patterns may contain placeholders that
@@ -223,7 +223,7 @@ def hf_to_perceivers_state_dict(hf_state: dict[str, Tensor], *, num_self_attends
 
     ``PerceiverForImageClassificationFourier`` maps to :class:`PerceiverIO`; ``PerceiverForMaskedLM``
     and ``PerceiverForSequenceClassification`` map to
-    :class:`~perceivers.models.perceiver_io_language.PerceiverIOLanguage` (MLM / classification decoder).
+    :class:`~perceivers.models.perceiver_io.language.PerceiverIOLanguage` (MLM / classification decoder).
 
     Args:
         hf_state: ``model.state_dict()`` of the HF model (``perceiver.embeddings.latents (N, D)``,

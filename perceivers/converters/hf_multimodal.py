@@ -27,9 +27,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from perceivers.converters.hf_keys import CROSS_ATTENTION_LAYER, ENCODER, KeyRow, prefixed
-from perceivers.models.config import EncoderConfig
-from perceivers.models.multimodal_config import ModalityConfig, MultimodalDecoderConfig, PerceiverIOMultimodalConfig
+from perceivers.converters.hf_keys import (
+    CROSS_ATTENTION_LAYER,
+    ENCODER,
+    KeyRow,
+    prefixed,
+)
+from perceivers.models.perceiver_io.config import EncoderConfig
+from perceivers.models.perceiver_io.multimodal_config import (
+    ModalityConfig,
+    MultimodalDecoderConfig,
+    PerceiverIOMultimodalConfig,
+)
 
 MULTIMODAL = "PerceiverForMultimodalAutoencoding"
 HF_MODALITIES = {"audio": "audio", "image": "video", "label": "label"}  # HF's fixed names -> our kinds

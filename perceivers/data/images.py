@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perceivers.hub import atomic_write
+from perceivers.core.files import atomic_write
 
 # RGB photographs bundled with scikit-image (no download); the last one is held out for evaluation.
 NATURAL_TRAIN_IMAGES = ("astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")

@@ -18,7 +18,7 @@ from perceivers.layers.position import (
     TrainablePositionEncoding,
     subsampled_positions,
 )
-from perceivers.models.config import DecoderConfig
+from perceivers.models.perceiver_io.config import DecoderConfig
 
 
 class BasicDecoder(nn.Module):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from perceivers.layers.blocks import CrossAttentionBlock
 from perceivers.layers.init import init_zeros
-from perceivers.models.flow_config import FlowDecoderConfig
+from perceivers.models.perceiver_io.flow_config import FlowDecoderConfig
 
 
 def check_chunk_size(chunk_size: object) -> None:

@@ -16,8 +16,15 @@ from torch import Tensor, nn
 
 from perceivers.layers.blocks import CrossAttentionBlock
 from perceivers.layers.init import init_linear_haiku, init_trunc_normal
-from perceivers.layers.position import FourierPositionEncoding, TrainablePositionEncoding, subsampled_positions
-from perceivers.models.multimodal_config import ModalityConfig, MultimodalDecoderConfig
+from perceivers.layers.position import (
+    FourierPositionEncoding,
+    TrainablePositionEncoding,
+    subsampled_positions,
+)
+from perceivers.models.perceiver_io.multimodal_config import (
+    ModalityConfig,
+    MultimodalDecoderConfig,
+)
 
 
 def check_points(points: object, name: str, *, batch: int, num_queries: int) -> None:

@@ -2,7 +2,12 @@
 
 from perceivers.generation.generate import CachedDecoder, GenerationOutput, generate
 from perceivers.generation.kv_cache import LayerKVCache, PerceiverARCache
-from perceivers.generation.sampling import process_logits, sample_next, top_k_filter, top_p_filter
+from perceivers.generation.sampling import (
+    process_logits,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
 
 __all__ = [
     "CachedDecoder",

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from perceivers.preprocessors.text import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, BytesTokenizer
+from perceivers.preprocessors.text import (
+    CLS_ID,
+    MASK_ID,
+    NUM_SPECIAL,
+    SEP_ID,
+    BytesTokenizer,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ def masked_ids(text: str, *, mask_token: str = "[MASK]", add_special_tokens: boo
 def fill_mask(model: nn.Module, text: str, *, mask_token: str = "[MASK]", add_special_tokens: bool = False,
               device: str | torch.device = "cpu") -> FillMaskResult:
     """Fill every masked byte of ``text`` with ``model`` (a ``PerceiverIOLanguage`` with an MLM decoder)."""
-    from perceivers.models.perceiver_io_language import PerceiverIOLanguage
+    from perceivers.models.perceiver_io.language import PerceiverIOLanguage
 
     if not isinstance(model, PerceiverIOLanguage) or not model.config.is_mlm:
         raise ValueError("fill-mask needs a byte-level Perceiver IO masked language model "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceivers.models.flow_config import FlowPreprocessorConfig
+from perceivers.models.perceiver_io.flow_config import FlowPreprocessorConfig
 from perceivers.preprocessors.image import ImagePreprocessor
 
 

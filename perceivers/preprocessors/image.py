@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from perceivers.layers.init import init_linear_haiku
 from perceivers.layers.position import PositionEncoder
-from perceivers.models.config import ImagePreprocessorConfig, prep_grid
+from perceivers.models.perceiver_io.config import ImagePreprocessorConfig, prep_grid
 
 
 def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -77,7 +77,7 @@ class Conv2DDownsample(nn.Module):
 class ImagePreprocessor(nn.Module):
     """Prepares NCHW images ``(B, C, H, W)`` as tokens ``(B, H'*W', C_feat + C_pos)``.
 
-    See :class:`~perceivers.models.config.ImagePreprocessorConfig` for the four ``prep_type``s.
+    See :class:`~perceivers.models.perceiver_io.config.ImagePreprocessorConfig` for the four ``prep_type``s.
     Fourier positions accept any image size (the grid is re-normalised to [-1, 1]); trainable
     positions require ``config.image_size``.
     """

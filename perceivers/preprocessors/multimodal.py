@@ -1,7 +1,7 @@
 """Per-modality input processing and the official ``MultimodalPreprocessor`` (perceiver-io.md §9.3-9.5).
 
 :class:`ModalityPreprocessor` reads one modality (``video``, ``audio`` or ``label``, see
-:class:`~perceivers.models.multimodal_config.ModalityConfig`) into tokens; :class:`MultimodalPreprocessor`
+:class:`~perceivers.models.perceiver_io.multimodal_config.ModalityConfig`) into tokens; :class:`MultimodalPreprocessor`
 pads every modality's tokens to a common width with a learned per-modality vector, replaces tokens by a
 learned mask token with each modality's probability, and concatenates the modalities in sorted name order.
 """
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from perceivers.layers.init import init_trunc_normal
 from perceivers.layers.position import FourierPositionEncoding
-from perceivers.models.multimodal_config import ModalityConfig
+from perceivers.models.perceiver_io.multimodal_config import ModalityConfig
 
 
 def video_space_to_depth(video: Tensor, temporal_patch: int, spatial_patch: int) -> Tensor:

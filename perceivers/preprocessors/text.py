@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from perceivers.layers.init import init_trunc_normal
 from perceivers.layers.position import TrainablePositionEncoding
-from perceivers.models.language_config import TextPreprocessorConfig
+from perceivers.models.perceiver_io.language_config import TextPreprocessorConfig
 
 PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(6)
 NUM_SPECIAL = 6

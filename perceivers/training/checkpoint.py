@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from perceivers.hub import atomic_write, read_json_object, write_json
+from perceivers.core.files import atomic_write, read_json_object, write_json
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -167,7 +167,10 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
                               f"{'fsdp' if saved_fsdp else 'none or ddp'} (got {ctx.world_size}, {strategy!r})")
     if now_fsdp:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            get_state_dict,
+            set_state_dict,
+        )
 
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state}

@@ -17,7 +17,6 @@ import math
 import random
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from perceivers.training import dist as D
-from perceivers.training.checkpoint import CheckpointError
 from perceivers.training.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -223,7 +221,9 @@ def run_task(task: Task, config: EngineConfig, out_dir: str | Path, *, resume: b
     SIGTERM (every rank)."""
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
-    from perceivers.training.loop import _Run  # the loop itself; it builds on the definitions above
+    from perceivers.training.loop import (
+        _Run,  # the loop itself; it builds on the definitions above
+    )
 
     ctx = D.setup(config.strategy, config.device)
     try:

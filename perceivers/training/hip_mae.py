@@ -17,7 +17,7 @@ The official HiP release has no training code; every choice below is ours (the p
   pixel (a per-position norm of one grey value is undefined). Digits are already on one scale, so
   their default is the plain MSE of the [0, 1] pixels.
 - **Fine-tuning**: :class:`HiPFinetuneTask` trains the pooled classifier of
-  :mod:`perceivers.models.hip_classifier`, with its position tables copied from an MAE run (``"mae"``),
+  :mod:`perceivers.models.hip.classifier`, with its position tables copied from an MAE run (``"mae"``),
   freshly initialised (``"random"``) or fixed 2-D Fourier features (``"fourier"``), frozen or trainable.
 """
 
@@ -34,9 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from perceivers.data.images import images_to_tokens, natural_crops, tokens_to_images, write_png
+from perceivers.data.images import (
+    images_to_tokens,
+    natural_crops,
+    tokens_to_images,
+    write_png,
+)
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.registry import create_model
+from perceivers.models import create_model
 from perceivers.training.engine import EngineConfig
 
 NORM_TARGETS = ("none", "example")
@@ -308,7 +313,7 @@ class HiPFinetuneTask:
         _check_count("max_shift", self.max_shift, 0)
 
     def build_model(self) -> nn.Module:
-        from perceivers.hub import from_pretrained
+        from perceivers.models import from_pretrained
 
         model = create_model(self.model)
         c = model.config.hip

@@ -13,12 +13,25 @@ from torch import nn
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from perceivers.hub import write_json
+from perceivers.core.files import write_json
 from perceivers.training import dist as D
-from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_meta, \
-    save_checkpoint, step_dirs
-from perceivers.training.engine import DataOrder, EngineConfig, NonFiniteLossError, StopRequest, Task, \
-    _to_device, isolated_rng, seed_all
+from perceivers.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from perceivers.training.engine import (
+    DataOrder,
+    EngineConfig,
+    NonFiniteLossError,
+    StopRequest,
+    Task,
+    _to_device,
+    isolated_rng,
+    seed_all,
+)
 from perceivers.training.optim import build_optimizer, lr_factor
 from perceivers.training.records import RunRecords
 
@@ -141,7 +154,10 @@ class _Run:
         """The trained model as a plain module on rank 0 (FSDP: gathered into a fresh model); None elsewhere."""
         if self.cfg.strategy != "fsdp":
             return self.plain if self.ctx.is_main else None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
 
         full = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.ctx.is_main:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from perceivers.registry import create_model, get_config
+from perceivers.models import create_model, get_config
 from perceivers.training.engine import classification_loss
 
 

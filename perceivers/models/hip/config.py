@@ -12,7 +12,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from perceivers.models.config import _check_bools, _check_choice, _check_int, _ConfigMixin, _fail, _tuple_of_ints
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_choice,
+    check_int,
+    fail,
+    normalize_int_tuple,
+)
 
 REGROUP_TYPES = ("reshape", "transpose_reshape")
 _PER_BLOCK = ("num_groups", "num_self_attend_layers", "num_latents", "num_channels", "num_self_attend_heads",
@@ -27,17 +34,17 @@ def _check_modalities(obj: Any) -> None:
     normalised = {}
     for name, spec in mods.items():
         if not isinstance(name, str) or not name.isidentifier():
-            _fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
+            fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
         if not isinstance(spec, (tuple, list)) or len(spec) != 2:
             raise TypeError(f"modality {name!r} must be (index_dim, channels), got {spec!r}")
-        _check_int(f"modality {name!r} index_dim", spec[0])
-        _check_int(f"modality {name!r} channels", spec[1])
+        check_int(f"modality {name!r} index_dim", spec[0])
+        check_int(f"modality {name!r} channels", spec[1])
         normalised[name] = (int(spec[0]), int(spec[1]))
     object.__setattr__(obj, "modalities", normalised)
 
 
 @dataclass(frozen=True, kw_only=True)
-class HiPConfig(_ConfigMixin):
+class HiPConfig(ConfigBase):
     """A HiP model (official ``perceiver.py`` ``HiP`` / ``HiPClassBottleneck``).
 
     Args:
@@ -92,63 +99,63 @@ class HiPConfig(_ConfigMixin):
         object.__setattr__(self, "label_modalities", tuple(self.label_modalities))
         for name in self.label_modalities:
             if name not in self.modalities:
-                _fail("label_modalities", name, f"one of the modalities {list(self.modalities)}")
+                fail("label_modalities", name, f"one of the modalities {list(self.modalities)}")
         if len(self.inputs) == 0:
-            _fail("label_modalities", self.label_modalities, "at least one modality that is not a label")
+            fail("label_modalities", self.label_modalities, "at least one modality that is not a label")
         for name in _PER_BLOCK:
-            _tuple_of_ints(self, name, getattr(self, name))
+            normalize_int_tuple(self, name, getattr(self, name))
         k = len(self.num_groups)
         for name in _PER_BLOCK:
             if len(getattr(self, name)) != k:
-                _fail(name, getattr(self, name), f"{k} entries (one per block, as num_groups)")
+                fail(name, getattr(self, name), f"{k} entries (one per block, as num_groups)")
         for name in ("self_attend_widening_factor", "cross_attend_widening_factor", "num_embedding_channels"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.num_position_encoding_channels is not None:
-            _check_int("num_position_encoding_channels", self.num_position_encoding_channels)
+            check_int("num_position_encoding_channels", self.num_position_encoding_channels)
         if self.num_position_slots is not None:
-            _check_int("num_position_slots", self.num_position_slots)
-        _check_bools(self, "sort_modalities", "use_mask_token")
-        _check_choice("regroup_type", self.regroup_type, REGROUP_TYPES)
+            check_int("num_position_slots", self.num_position_slots)
+        check_bools(self, "sort_modalities", "use_mask_token")
+        check_choice("regroup_type", self.regroup_type, REGROUP_TYPES)
         for name in ("dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                _fail(name, value, "a float in [0, 1)")
+                fail(name, value, "a float in [0, 1)")
         self._check_blocks()
 
     def _check_blocks(self) -> None:
         k, mid = len(self.num_groups), len(self.num_groups) // 2
         g, n, c = self.num_groups, self.num_latents, self.num_channels
         if k % 2 == 0:
-            _fail("num_groups", g, "an odd number of blocks (encoder, processor, decoder; 1 = Perceiver IO)")
+            fail("num_groups", g, "an odd number of blocks (encoder, processor, decoder; 1 = Perceiver IO)")
         if k == 1 and self.label_modalities:
-            _fail("label_modalities", self.label_modalities, "() with a single block (no encoder to bypass)")
+            fail("label_modalities", self.label_modalities, "() with a single block (no encoder to bypass)")
         if g[mid] != 1:
-            _fail("num_groups", g, f"1 group at the processor (block {mid})")
+            fail("num_groups", g, f"1 group at the processor (block {mid})")
         if g[-1] != g[0]:
-            _fail("num_groups", g, f"as many groups in the last block as in the first ({g[0]})")
+            fail("num_groups", g, f"as many groups in the last block as in the first ({g[0]})")
         slots = self.num_position_slots if self.num_position_slots is not None else len(self.inputs)
         if k > 1 and slots > g[0]:
-            _fail("num_position_slots", slots, f"at most num_groups[0]={g[0]} modalities per call (one group each)")
+            fail("num_position_slots", slots, f"at most num_groups[0]={g[0]} modalities per call (one group each)")
         for i in range(k):
             j = k - 1 - i
             if i > mid and (g[i], n[i]) != (g[j], n[j]):
-                _fail("num_latents", n, f"block {i} mirroring block {j} (U-Net skip): {g[i]}x{n[i]} groups x "
+                fail("num_latents", n, f"block {i} mirroring block {j} (U-Net skip): {g[i]}x{n[i]} groups x "
                       f"latents vs {g[j]}x{n[j]}")
             in_c = self.num_embedding_channels if i == 0 else c[i - 1]
             if c[i] % self.num_self_attend_heads[i]:
-                _fail("num_self_attend_heads", self.num_self_attend_heads, f"heads dividing num_channels[{i}]={c[i]}")
+                fail("num_self_attend_heads", self.num_self_attend_heads, f"heads dividing num_channels[{i}]={c[i]}")
             if in_c % self.num_cross_attend_heads[i]:
-                _fail("num_cross_attend_heads", self.num_cross_attend_heads,
+                fail("num_cross_attend_heads", self.num_cross_attend_heads,
                       f"heads dividing block {i}'s input channels {in_c}")
         n_mid = self.processor_num_latents_train
         if n_mid is not None:
-            _check_int("processor_num_latents_train", n_mid)
+            check_int("processor_num_latents_train", n_mid)
             if n_mid > n[mid]:
-                _fail("processor_num_latents_train", n_mid, f"<= num_latents[{mid}]={n[mid]}")
+                fail("processor_num_latents_train", n_mid, f"<= num_latents[{mid}]={n[mid]}")
         for i in range(1, k):
             for prev_n in {n[i - 1], n_mid if i - 1 == mid and n_mid else n[i - 1]}:
                 if (g[i - 1] * prev_n) % g[i]:
-                    _fail("num_groups", g, f"block {i} regrouping {g[i - 1]}x{prev_n} latents into {g[i]} groups")
+                    fail("num_groups", g, f"block {i} regrouping {g[i - 1]}x{prev_n} latents into {g[i]} groups")
 
     @property
     def inputs(self) -> tuple[str, ...]:

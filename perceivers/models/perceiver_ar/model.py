@@ -26,17 +26,30 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from perceivers.hub import PretrainedMixin, register_model_type
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_choice,
+    check_int,
+    check_prob,
+    check_scale,
+    fail,
+    normalize_int_tuple,
+)
 from perceivers.layers.attention import KVCacheLayer
-from perceivers.layers.blocks import ACTIVATIONS, LAYER_NORM_EPS, CrossAttentionBlock, SelfAttentionBlock
+from perceivers.layers.blocks import (
+    ACTIVATIONS,
+    LAYER_NORM_EPS,
+    CrossAttentionBlock,
+    SelfAttentionBlock,
+)
 from perceivers.layers.init import init_linear_fan_in, init_trunc_normal, init_zeros
 from perceivers.layers.rotary import RotaryEmbedding, rotary_channels
-from perceivers.models.config import (_check_bools, _check_choice, _check_int, _check_prob, _check_scale,
-                                      _ConfigMixin, _fail, _tuple_of_ints)
+from perceivers.models.base import PerceiverModel
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceiverARConfig(_ConfigMixin):
+class PerceiverARConfig(ConfigBase):
     """Perceiver AR. Defaults follow the released ``experiment.py`` configuration (16 heads, widening 4,
     rotary on half of each head's channels) with every dropout off.
 
@@ -79,43 +92,43 @@ class PerceiverARConfig(_ConfigMixin):
         for name in ("vocab_size", "max_context_length", "num_latents", "num_channels", "num_latent_channels",
                      "num_self_attend_layers", "num_cross_attend_heads", "num_self_attend_heads",
                      "cross_attend_widening_factor", "self_attend_widening_factor"):
-            _check_int(name, getattr(self, name))
-        _check_int("train_input_positions", self.train_input_positions, minimum=0)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("position_encoding", self.position_encoding, ("rotary", "absolute"))
-        _check_choice("position_init", self.position_init, ("sinusoidal", "random"))
+            check_int(name, getattr(self, name))
+        check_int("train_input_positions", self.train_input_positions, minimum=0)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("position_encoding", self.position_encoding, ("rotary", "absolute"))
+        check_choice("position_init", self.position_init, ("sinusoidal", "random"))
         for name in ("dropout_prob", "encoder_dropout_prob", "latent_dropout_prob"):
-            _check_prob(name, getattr(self, name))
-        _check_scale("embedding_init_scale", self.embedding_init_scale)
-        _check_bools(self, "learnable_position_embeddings")
-        _tuple_of_ints(self, "position_grid", self.position_grid, allow_none=True)
+            check_prob(name, getattr(self, name))
+        check_scale("embedding_init_scale", self.embedding_init_scale)
+        check_bools(self, "learnable_position_embeddings")
+        normalize_int_tuple(self, "position_grid", self.position_grid, allow_none=True)
         if self.num_latents > self.max_context_length:
-            _fail("num_latents", self.num_latents, f"<= max_context_length={self.max_context_length}")
+            fail("num_latents", self.num_latents, f"<= max_context_length={self.max_context_length}")
         if self.train_input_positions >= self.max_context_length:
-            _fail("train_input_positions", self.train_input_positions,
+            fail("train_input_positions", self.train_input_positions,
                   f"0 (off) or < max_context_length={self.max_context_length}")
         for what, channels, heads in (("num_channels", self.num_channels, "num_cross_attend_heads"),
                                       ("num_latent_channels", self.num_latent_channels, "num_self_attend_heads")):
             if channels % getattr(self, heads):
-                _fail(what, channels, f"divisible by {heads}={getattr(self, heads)}")
+                fail(what, channels, f"divisible by {heads}={getattr(self, heads)}")
         if self.position_encoding == "rotary":
             self._check_rotary()
         elif self.position_init == "sinusoidal" and (self.num_channels % 2 or self.num_channels < 4):
-            _fail("num_channels", self.num_channels, "an even number >= 4 for sinusoidal position tables")
+            fail("num_channels", self.num_channels, "an even number >= 4 for sinusoidal position tables")
 
     def _check_rotary(self) -> None:
         if self.position_grid is not None:
-            _fail("position_grid", self.position_grid, "None with rotary positions (rotary needs 1-D positions)")
+            fail("position_grid", self.position_grid, "None with rotary positions (rotary needs 1-D positions)")
         f = self.rotary_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
-            _fail("rotary_fraction", f, "a float in (0, 1]")
+            fail("rotary_fraction", f, "a float in (0, 1]")
         for heads, head_dim in self.head_dims().items():
             if rotary_channels(head_dim, f) < 2:
-                _fail("rotary_fraction", f, f"at least one rotated pair of the {head_dim}-channel {heads} heads")
+                fail("rotary_fraction", f, f"at least one rotated pair of the {head_dim}-channel {heads} heads")
         if self.max_wavelength is not None:
-            _check_int("max_wavelength", self.max_wavelength)
+            check_int("max_wavelength", self.max_wavelength)
             if self.max_wavelength < self.max_context_length:
-                _fail("max_wavelength", self.max_wavelength, f">= max_context_length={self.max_context_length}")
+                fail("max_wavelength", self.max_wavelength, f">= max_context_length={self.max_context_length}")
 
     def head_dims(self) -> dict[str, int]:
         """Channels per head of the cross-attention (qk = v = ``num_channels``) and the self-attention."""
@@ -164,15 +177,14 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
-@register_model_type("perceiver_ar", PerceiverARConfig)
-class PerceiverAR(PretrainedMixin, nn.Module):
+class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
     """Token ids ``(B, M)`` -> logits ``(B, N, vocab_size)`` at the latent positions (see the module doc)."""
 
+    config_class = PerceiverARConfig
+
     def __init__(self, config: PerceiverARConfig) -> None:
-        super().__init__()
-        if not isinstance(config, PerceiverARConfig):
-            raise TypeError(f"config must be a PerceiverARConfig, got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.num_channels)
         self.position_embeddings: nn.Parameter | None = None
         if c.position_encoding == "absolute":
@@ -198,8 +210,7 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             for _ in range(c.num_self_attend_layers))
         self.final_norm = nn.LayerNorm(c.num_latent_channels, eps=LAYER_NORM_EPS)
         self.logits = nn.Linear(c.num_latent_channels, c.vocab_size)
-        if not self.query_proj.weight.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
         """Official initialisation: embeddings truncated normal (std ``embedding_init_scale``), position
@@ -253,7 +264,7 @@ class PerceiverAR(PretrainedMixin, nn.Module):
             if n != m or int(lengths.min()) != m:
                 raise ValueError(f"with a non-empty cache every one of the {m} new tokens is a latent and none is "
                                  f"padding: num_latents must be None or {m} (got {num_latents}) and lengths all {m}")
-        _check_int("num_latents", n)
+        check_int("num_latents", n)
         if n > m:
             raise ValueError(f"num_latents={n} is larger than the sequence: input_ids has {m} positions")
         if cache is not None:

@@ -8,19 +8,18 @@ Because every decoder query attends to the latents independently, this equals de
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from perceivers.decoders.basic import BasicDecoder, ClassificationDecoder
 from perceivers.decoders.embedding import EmbeddingDecoder
-from perceivers.hub import PretrainedMixin, register_model_type
 from perceivers.layers.attention import check_mask
-from perceivers.models.encoder import PerceiverEncoder
-from perceivers.models.language_config import PerceiverIOLanguageConfig
+from perceivers.models.base import PerceiverModel
+from perceivers.models.perceiver_io.encoder import PerceiverEncoder
+from perceivers.models.perceiver_io.language_config import PerceiverIOLanguageConfig
 from perceivers.preprocessors.text import TextPreprocessor
 
 
-@register_model_type("perceiver_io_language", PerceiverIOLanguageConfig)
-class PerceiverIOLanguage(PretrainedMixin, nn.Module):
+class PerceiverIOLanguage(PerceiverModel, model_type="perceiver_io_language"):
     """Token ids ``(B, L)`` -> MLM logits ``(B, L, vocab_size)`` or class logits ``(B, num_outputs)``.
 
     ``input_mask: (B, L)`` bool (True = real token) masks padded keys in the encoder and, for MLM, is
@@ -29,11 +28,11 @@ class PerceiverIOLanguage(PretrainedMixin, nn.Module):
     padded positions differ; real positions agree (perceiver-io.md §13 item 5).
     """
 
+    config_class = PerceiverIOLanguageConfig
+
     def __init__(self, config: PerceiverIOLanguageConfig) -> None:
-        super().__init__()
-        if not isinstance(config, PerceiverIOLanguageConfig):
-            raise TypeError(f"config must be a PerceiverIOLanguageConfig, got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.preprocessor = TextPreprocessor(c.preprocessor)
         self.encoder = PerceiverEncoder(c.encoder, input_channels=c.preprocessor.num_channels,
                                         activation=c.activation)
@@ -45,8 +44,7 @@ class PerceiverIOLanguage(PretrainedMixin, nn.Module):
             self.embedding_decoder = EmbeddingDecoder(c.preprocessor.vocab_size)
         else:
             self.decoder = ClassificationDecoder(c.decoder, latent_channels=latent_channels, activation=c.activation)
-        if not self.encoder.latents.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
         """Official initialisation (embedding std 1, tables 0.02, fan-in linears, zero embedding bias)."""

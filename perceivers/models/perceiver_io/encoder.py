@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from perceivers.layers.blocks import CrossAttentionBlock, SelfAttentionBlock
 from perceivers.layers.init import init_trunc_normal
-from perceivers.models.config import EncoderConfig
+from perceivers.models.perceiver_io.config import EncoderConfig
 
 
 class PerceiverEncoder(nn.Module):

@@ -26,17 +26,17 @@ from torch import nn
 
 from perceivers.layers.blocks import ACTIVATIONS
 from perceivers.layers.position import fourier_output_size
-from perceivers.models.config import (
+from perceivers.models.perceiver_io.config import (
+    ConfigBase,
     DecoderConfig,
     EncoderConfig,
-    _check_bools,
-    _check_choice,
-    _check_divisible,
-    _check_int,
-    _check_optional_int,
-    _ConfigMixin,
-    _fail,
-    _tuple_of_ints,
+    check_bools,
+    check_choice,
+    check_divisible,
+    check_int,
+    check_optional_int,
+    fail,
+    normalize_int_tuple,
 )
 
 MODALITY_KINDS = ("video", "audio", "label")
@@ -46,11 +46,11 @@ _RESERVED = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 
 def _check_unit(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        _fail(name, value, "a float in [0, 1]")
+        fail(name, value, "a float in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModalityConfig(_ConfigMixin):
+class ModalityConfig(ConfigBase):
     """One modality: input patches and positions, mask token, decoder query and output layer.
 
     Fields used by ``kind``: video ``num_frames, image_size, in_channels, temporal_patch, spatial_patch``;
@@ -89,29 +89,29 @@ class ModalityConfig(_ConfigMixin):
     mask_prob: float | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("kind", self.kind, MODALITY_KINDS)
+        check_choice("kind", self.kind, MODALITY_KINDS)
         for name in ("num_frames", "in_channels", "temporal_patch", "spatial_patch", "num_samples",
                      "samples_per_patch", "num_classes", "num_bands", "query_channels"):
-            _check_int(name, getattr(self, name))
-        _check_optional_int("query_num_bands", self.query_num_bands)
-        _tuple_of_ints(self, "image_size", self.image_size)
+            check_int(name, getattr(self, name))
+        check_optional_int("query_num_bands", self.query_num_bands)
+        normalize_int_tuple(self, "image_size", self.image_size)
         if len(self.image_size) != 2:
-            _fail("image_size", self.image_size, "(height, width)")
-        _check_bools(self, "concat_pos", "sine_only")
+            fail("image_size", self.image_size, "(height, width)")
+        check_bools(self, "concat_pos", "sine_only")
         if self.mask_prob is not None:
             _check_unit("mask_prob", self.mask_prob)
         for name in ("max_resolution", "query_max_resolution"):
-            _tuple_of_ints(self, name, getattr(self, name), allow_none=True)
+            normalize_int_tuple(self, name, getattr(self, name), allow_none=True)
             value = getattr(self, name)
             if value is not None and len(value) != self.num_position_dims:
-                _fail(name, value, f"{self.num_position_dims} entries for a {self.kind} modality")
+                fail(name, value, f"{self.num_position_dims} entries for a {self.kind} modality")
         if self.kind == "video":
             t, (h, w) = self.num_frames, self.image_size
             if t % self.temporal_patch or h % self.spatial_patch or w % self.spatial_patch:
-                _fail("num_frames/image_size", (t, h, w), f"(frames, height, width) divisible by the patch "
+                fail("num_frames/image_size", (t, h, w), f"(frames, height, width) divisible by the patch "
                       f"({self.temporal_patch}, {self.spatial_patch}, {self.spatial_patch})")
         if self.kind == "audio" and self.num_samples % self.samples_per_patch:
-            _fail("num_samples", self.num_samples, f"a multiple of samples_per_patch={self.samples_per_patch}")
+            fail("num_samples", self.num_samples, f"a multiple of samples_per_patch={self.samples_per_patch}")
 
     @property
     def num_position_dims(self) -> int:
@@ -185,9 +185,9 @@ def _check_modalities(obj: Any) -> None:
         raise TypeError(f"modalities must be a non-empty dict name -> ModalityConfig, got {mods!r}")
     for name in mods:
         if not isinstance(name, str) or not name.isidentifier():
-            _fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
+            fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
         if name in _RESERVED:
-            _fail("modalities", name, "a name that is not an attribute of torch's ModuleDict/ParameterDict")
+            fail("modalities", name, "a name that is not an attribute of torch's ModuleDict/ParameterDict")
     out = {}
     for name in sorted(mods):  # the official order: sorted modality names
         spec = mods[name]
@@ -203,15 +203,15 @@ def _check_heads(enc: EncoderConfig, input_channels: int, dec: Any) -> None:
     """Attention widths divisible by their head counts (encoder cross-attention, decoder)."""
     qk, v = enc.cross_attention_channels(input_channels)
     heads = enc.num_cross_attend_heads
-    _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
-    _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
+    check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
+    check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
     dqk = dec.qk_channels or enc.num_latent_channels
-    _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-    _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+    check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
+    check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
 
 
 @dataclass(frozen=True, kw_only=True)
-class MultimodalDecoderConfig(_ConfigMixin):
+class MultimodalDecoderConfig(ConfigBase):
     """The shared decoder: per-modality queries padded to ``max(query widths) + min_padding_size`` with a
     learned vector per modality, one cross-attention to the latents (``qk_channels=None``: the latent width),
     then ``Linear(-> num_output_channels)``; each modality's output layer follows."""
@@ -227,15 +227,15 @@ class MultimodalDecoderConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "widening_factor", "num_output_channels"):
-            _check_int(name, getattr(self, name))
-        _check_int("min_padding_size", self.min_padding_size, minimum=0)
-        _check_optional_int("qk_channels", self.qk_channels)
-        _check_optional_int("v_channels", self.v_channels)
-        _check_bools(self, "use_query_residual")
+            check_int(name, getattr(self, name))
+        check_int("min_padding_size", self.min_padding_size, minimum=0)
+        check_optional_int("qk_channels", self.qk_channels)
+        check_optional_int("v_channels", self.v_channels)
+        check_bools(self, "use_query_residual")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceiverIOMultimodalConfig(_ConfigMixin):
+class PerceiverIOMultimodalConfig(ConfigBase):
     """Multimodal autoencoder: modalities, input padding width, encoder, shared decoder, activation.
 
     ``min_padding_size``: every input token is padded with a learned per-modality vector to the common
@@ -254,10 +254,10 @@ class PerceiverIOMultimodalConfig(_ConfigMixin):
     def __post_init__(self) -> None:
         _check_modalities(self)
         self._coerce_nested()
-        _check_int("min_padding_size", self.min_padding_size, minimum=0)
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_int("min_padding_size", self.min_padding_size, minimum=0)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if self.encoder.layout != "io":
-            _fail("encoder.layout", self.encoder.layout, "'io' for a multimodal model")
+            fail("encoder.layout", self.encoder.layout, "'io' for a multimodal model")
         _check_heads(self.encoder, self.input_width, self.decoder)
 
     @property
@@ -272,7 +272,7 @@ class PerceiverIOMultimodalConfig(_ConfigMixin):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceiverIOAudioConfig(_ConfigMixin):
+class PerceiverIOAudioConfig(ConfigBase):
     """Raw-waveform classifier: an ``audio`` modality (patches + Fourier features), encoder, classification
     decoder (one learned query, ``Linear`` to ``num_outputs`` classes)."""
 
@@ -287,11 +287,11 @@ class PerceiverIOAudioConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         self._coerce_nested()
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if self.preprocessor.kind != "audio":
-            _fail("preprocessor.kind", self.preprocessor.kind, "'audio'")
+            fail("preprocessor.kind", self.preprocessor.kind, "'audio'")
         if self.preprocessor.mask_prob is not None:
-            _fail("preprocessor.mask_prob", self.preprocessor.mask_prob, "None (mask tokens are multimodal only)")
+            fail("preprocessor.mask_prob", self.preprocessor.mask_prob, "None (mask tokens are multimodal only)")
         if self.decoder.type != "classification":
-            _fail("decoder.type", self.decoder.type, "'classification'")
+            fail("decoder.type", self.decoder.type, "'classification'")
         _check_heads(self.encoder, self.preprocessor.input_channels, self.decoder)

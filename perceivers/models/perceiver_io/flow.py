@@ -10,35 +10,38 @@ images with overlapping tiles blended by distance to the tile edge (official col
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from perceivers.decoders.flow import FlowDecoder, check_chunk_size
-from perceivers.hub import PretrainedMixin, register_model_type
-from perceivers.models.encoder import PerceiverEncoder
-from perceivers.models.flow_config import PerceiverIOFlowConfig
-from perceivers.preprocessors.flow import FlowPreprocessor, extract_flow_patches, tile_starts, tile_weights
+from perceivers.models.base import PerceiverModel
+from perceivers.models.perceiver_io.encoder import PerceiverEncoder
+from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
+from perceivers.preprocessors.flow import (
+    FlowPreprocessor,
+    extract_flow_patches,
+    tile_starts,
+    tile_weights,
+)
 
 
-@register_model_type("perceiver_io_flow", PerceiverIOFlowConfig)
-class PerceiverIOFlow(PretrainedMixin, nn.Module):
+class PerceiverIOFlow(PerceiverModel, model_type="perceiver_io_flow"):
     """``frames: (B, T, C, H, W)`` (or precomputed ``patches: (B, T, P*P*C, H, W)``) -> ``(B, H, W, 2)``.
 
     Construction declares parameters; :meth:`init_weights` applies the official initialisation (the
     flow head starts at zero) and is called by ``__init__`` unless the parameters live on the meta device.
     """
 
+    config_class = PerceiverIOFlowConfig
+
     def __init__(self, config: PerceiverIOFlowConfig) -> None:
-        super().__init__()
-        if not isinstance(config, PerceiverIOFlowConfig):
-            raise TypeError(f"config must be a PerceiverIOFlowConfig, got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         channels = c.preprocessor.output_channels
         self.preprocessor = FlowPreprocessor(c.preprocessor)
         self.encoder = PerceiverEncoder(c.encoder, input_channels=channels, activation=c.activation)
         self.decoder = FlowDecoder(c.decoder, query_channels=channels, latent_channels=c.encoder.num_latent_channels,
                                    activation=c.activation)
-        if not self.encoder.latents.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
         """Official initialisation (Haiku default ``patches_linear``, fan-in attention/MLP, zero flow head)."""

@@ -7,10 +7,13 @@ HF ``deepmind/language-perceiver``; perceiver-io.md §10.2): 262 byte ids, 2,048
 
 from __future__ import annotations
 
-from perceivers.models.config import DecoderConfig, EncoderConfig
-from perceivers.models.language_config import PerceiverIOLanguageConfig, TextPreprocessorConfig
-from perceivers.models.perceiver_io_language import PerceiverIOLanguage
-from perceivers.registry import register_model
+from perceivers.core.registry import register_model
+from perceivers.models.perceiver_io.config import DecoderConfig, EncoderConfig
+from perceivers.models.perceiver_io.language import PerceiverIOLanguage
+from perceivers.models.perceiver_io.language_config import (
+    PerceiverIOLanguageConfig,
+    TextPreprocessorConfig,
+)
 
 _TEXT = TextPreprocessorConfig(vocab_size=262, num_channels=768, max_seq_len=2048)
 _ENCODER = EncoderConfig(num_latents=256, num_latent_channels=1280, num_blocks=1, num_self_attends_per_block=26,

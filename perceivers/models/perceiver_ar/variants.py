@@ -6,8 +6,8 @@ released ``imagenet_w_positions`` sweep of ``experiment.py`` (perceiver-ar-and-h
 
 from __future__ import annotations
 
-from perceivers.models.perceiver_ar import PerceiverAR, PerceiverARConfig
-from perceivers.registry import register_model
+from perceivers.core.registry import register_model
+from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
 
 
 @register_model("perceiver-ar-imagenet64", model_cls=PerceiverAR, num_parameters=770_094_339)

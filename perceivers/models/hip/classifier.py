@@ -3,7 +3,7 @@ mean over the processor latents -> LayerNorm -> Linear (zero-initialised logits)
 
 Ours (the official code releases no classification head for plain HiP). It is the "pooled head" used
 to fine-tune after masked-autoencoding pretraining: its embedders, position tables, projections and
-blocks ``0..mid`` have exactly the parameter names of :class:`~perceivers.models.hip.HiP`, so
+blocks ``0..mid`` have exactly the parameter names of :class:`~perceivers.models.hip.model.HiP`, so
 ``load_hip_weights`` copies any subset of a pretrained HiP by key.
 """
 
@@ -15,17 +15,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from perceivers.hub import PretrainedMixin, register_model_type
+from perceivers.core.validation import ConfigBase, check_int, fail
 from perceivers.layers.blocks import LAYER_NORM_EPS
 from perceivers.layers.init import init_zeros
-from perceivers.models.config import _check_int, _ConfigMixin, _fail
-from perceivers.models.hip import HiP, HiPFrontEnd, build_block
-from perceivers.models.hip_blocks import group
-from perceivers.models.hip_config import HiPConfig
+from perceivers.models.base import PerceiverModel
+from perceivers.models.hip.blocks import group
+from perceivers.models.hip.config import HiPConfig
+from perceivers.models.hip.model import HiP, HiPFrontEnd, build_block
 
 
 @dataclass(frozen=True, kw_only=True)
-class HiPClassifierConfig(_ConfigMixin):
+class HiPClassifierConfig(ConfigBase):
     """``hip``: the backbone (only its embedding side, encoder and processor are built; no label
     modalities). ``num_classes``: logits per example."""
 
@@ -36,29 +36,26 @@ class HiPClassifierConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         self._coerce_nested()
-        _check_int("num_classes", self.num_classes)
+        check_int("num_classes", self.num_classes)
         if self.hip.label_modalities:
-            _fail("hip.label_modalities", self.hip.label_modalities, "() (the pooled head replaces label inputs)")
+            fail("hip.label_modalities", self.hip.label_modalities, "() (the pooled head replaces label inputs)")
         if len(self.hip.num_groups) == 1:
-            _fail("hip.num_groups", self.hip.num_groups, "a HiP with a processor (>= 3 blocks)")
+            fail("hip.num_groups", self.hip.num_groups, "a HiP with a processor (>= 3 blocks)")
 
 
-@register_model_type("hip-classifier", HiPClassifierConfig)
-class HiPClassifier(HiPFrontEnd, PretrainedMixin, nn.Module):
+class HiPClassifier(HiPFrontEnd, PerceiverModel, model_type="hip-classifier"):
     """``forward(inputs: {m: (B, M_m, C_m)}) -> logits (B, num_classes)``."""
 
+    config_class = HiPClassifierConfig
+
     def __init__(self, config: HiPClassifierConfig) -> None:
-        super().__init__()
-        if not isinstance(config, HiPClassifierConfig):
-            raise TypeError(f"config must be a HiPClassifierConfig, got {type(config).__name__}")
-        self.config = config
+        super().__init__(config)
         c, mid = config.hip, config.hip.processor_index
         self._build_front_end(c)
         self.blocks = nn.ModuleList(build_block(c, i) for i in range(mid + 1))
         self.head_norm = nn.LayerNorm(c.num_channels[mid], eps=LAYER_NORM_EPS)
         self.head = nn.Linear(c.num_channels[mid], config.num_classes)
-        if not self.head.weight.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     @property
     def hip_config(self) -> HiPConfig:

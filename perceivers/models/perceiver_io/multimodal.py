@@ -13,16 +13,18 @@ import torch
 from torch import Tensor, nn
 
 from perceivers.decoders.multimodal import MultimodalDecoder
-from perceivers.hub import PretrainedMixin, register_model_type
 from perceivers.layers.init import init_linear_haiku
-from perceivers.models.encoder import PerceiverEncoder
-from perceivers.models.multimodal_config import ModalityConfig, PerceiverIOMultimodalConfig
+from perceivers.models.base import PerceiverModel
+from perceivers.models.perceiver_io.encoder import PerceiverEncoder
+from perceivers.models.perceiver_io.multimodal_config import (
+    ModalityConfig,
+    PerceiverIOMultimodalConfig,
+)
 from perceivers.preprocessors.multimodal import MultimodalPreprocessor
 
 
-@register_model_type("perceiver_io_multimodal", PerceiverIOMultimodalConfig)
-class PerceiverIOMultimodal(PretrainedMixin, nn.Module):
-    """``{name: input}`` -> ``{name: output}`` (see :mod:`perceivers.models.multimodal_config` for the kinds).
+class PerceiverIOMultimodal(PerceiverModel, model_type="perceiver_io_multimodal"):
+    """``{name: input}`` -> ``{name: output}`` (see :mod:`perceivers.models.perceiver_io.multimodal_config` for the kinds).
 
     Outputs: ``video`` ``(B, T, H, W, C)`` (``(B, O', C)`` when subsampled), ``audio`` ``(B, S)``
     (``(B, O' * samples_per_patch)``), ``label`` ``(B, K)`` logits. Decoding the whole released video grid
@@ -30,11 +32,11 @@ class PerceiverIOMultimodal(PretrainedMixin, nn.Module):
     ``subsampled_output_points``.
     """
 
+    config_class = PerceiverIOMultimodalConfig
+
     def __init__(self, config: PerceiverIOMultimodalConfig) -> None:
-        super().__init__()
-        if not isinstance(config, PerceiverIOMultimodalConfig):
-            raise TypeError(f"config must be a PerceiverIOMultimodalConfig, got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.preprocessor = MultimodalPreprocessor(c.modalities, min_padding_size=c.min_padding_size,
                                                    init_scale=c.padding_init_scale)
         self.encoder = PerceiverEncoder(c.encoder, input_channels=c.input_width, activation=c.activation)
@@ -42,8 +44,7 @@ class PerceiverIOMultimodal(PretrainedMixin, nn.Module):
                                          activation=c.activation)
         self.postprocessors = nn.ModuleDict({
             n: nn.Linear(c.decoder.num_output_channels, m.output_channels) for n, m in c.modalities.items()})
-        if not self.encoder.latents.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
         """Official initialisation (0.02 paddings, mask tokens, latents and queries; fan-in attention linears;

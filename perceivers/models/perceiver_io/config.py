@@ -7,11 +7,22 @@ Every config is a ``@dataclass(frozen=True, kw_only=True)`` whose ``__post_init_
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_choice,
+    check_divisible,
+    check_int,
+    check_optional_int,
+    check_prob,
+    check_scale,
+    fail,
+    normalize_int_tuple,
+)
 from perceivers.layers.blocks import ACTIVATIONS
 from perceivers.layers.position import fourier_output_size
 
@@ -19,103 +30,8 @@ PREP_TYPES = ("pixels", "patches", "conv1x1", "conv")
 POSITION_TYPES = ("fourier", "trainable", "none")
 
 
-def _fail(field_name: str, value: Any, expected: str) -> None:
-    raise ValueError(f"{field_name}={value!r} is invalid: expected {expected}")
-
-
-def _check_int(name: str, value: Any, *, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        _fail(name, value, f"an int >= {minimum}")
-
-
-def _check_optional_int(name: str, value: Any) -> None:
-    if value is not None:
-        _check_int(name, value)
-
-
-def _check_prob(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        _fail(name, value, "a float in [0, 1)")
-
-
-def _check_scale(name: str, value: Any) -> None:
-    """A finite positive float (initialisation standard deviations)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
-        _fail(name, value, "a finite positive float")
-
-
-def _check_bools(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(name, value, f"one of {choices}")
-
-
-def _tuple_of_ints(obj: Any, name: str, value: Any, *, allow_none: bool = False) -> None:
-    """Normalise a list to a tuple in place (``config.json`` stores lists) and validate it."""
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (tuple, list)) or not value:
-        raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
-    for v in value:
-        _check_int(name, v)
-    object.__setattr__(obj, name, tuple(value))
-
-
-class _ConfigMixin:
-    """``to_dict``/``from_dict`` for nested frozen dataclasses."""
-
-    _nested: ClassVar[dict[str, type]] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    def _coerce_nested(self, *, optional: tuple[str, ...] = ()) -> None:
-        """Turn nested dicts (from ``config.json``) into their config classes; reject other types."""
-        for key, sub in self._nested.items():
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                object.__setattr__(self, key, sub.from_dict(value))
-            elif not isinstance(value, sub) and not (value is None and key in optional):
-                raise TypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        if not isinstance(data, dict):
-            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
-        kwargs = dict(data)
-        for key, sub in cls._nested.items():
-            if isinstance(kwargs.get(key), dict):
-                kwargs[key] = sub.from_dict(kwargs[key])
-        return cls(**kwargs)
-
-    def replace(self, **changes: Any):
-        """A copy with ``changes``; nested configs accept a dict of their own fields to change."""
-        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown {type(self).__name__} fields {unknown}; valid fields: {sorted(names)}")
-        for key, sub in self._nested.items():
-            value = changes.get(key)
-            current = getattr(self, key)
-            if isinstance(value, dict):
-                changes[key] = current.replace(**value) if current is not None else sub.from_dict(value)
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
 @dataclass(frozen=True, kw_only=True)
-class ImagePreprocessorConfig(_ConfigMixin):
+class ImagePreprocessorConfig(ConfigBase):
     """Image preprocessor (official ``ImagePreprocessor``); images are NCHW floats.
 
     ``prep_type``: ``pixels`` (keep every ``spatial_downsample``-th pixel), ``patches`` (space to
@@ -148,34 +64,34 @@ class ImagePreprocessorConfig(_ConfigMixin):
     conv_padding: str = "tf_same"
 
     def __post_init__(self) -> None:
-        _tuple_of_ints(self, "image_size", self.image_size)
+        normalize_int_tuple(self, "image_size", self.image_size)
         if len(self.image_size) != 2:
-            _fail("image_size", self.image_size, "(height, width)")
-        _check_int("in_channels", self.in_channels)
-        _check_choice("prep_type", self.prep_type, PREP_TYPES)
-        _check_int("spatial_downsample", self.spatial_downsample)
-        _check_int("num_channels", self.num_channels)
-        _check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
-        _check_int("num_bands", self.num_bands)
-        _tuple_of_ints(self, "max_resolution", self.max_resolution, allow_none=True)
+            fail("image_size", self.image_size, "(height, width)")
+        check_int("in_channels", self.in_channels)
+        check_choice("prep_type", self.prep_type, PREP_TYPES)
+        check_int("spatial_downsample", self.spatial_downsample)
+        check_int("num_channels", self.num_channels)
+        check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
+        check_int("num_bands", self.num_bands)
+        normalize_int_tuple(self, "max_resolution", self.max_resolution, allow_none=True)
         if self.max_resolution is not None and len(self.max_resolution) != 2:
-            _fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
-        _check_int("trainable_pos_channels", self.trainable_pos_channels)
-        _check_int("project_pos_dim", self.project_pos_dim, minimum=0)
-        _check_choice("concat_or_add_pos", self.concat_or_add_pos, ("concat", "add"))
-        _check_choice("conv_padding", self.conv_padding, CONV_PADDINGS)
-        _check_scale("pos_init_scale", self.pos_init_scale)
-        _check_bools(self, "conv_after_patching", "conv2d_use_batchnorm", "concat_pos", "sine_only")
+            fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
+        check_int("trainable_pos_channels", self.trainable_pos_channels)
+        check_int("project_pos_dim", self.project_pos_dim, minimum=0)
+        check_choice("concat_or_add_pos", self.concat_or_add_pos, ("concat", "add"))
+        check_choice("conv_padding", self.conv_padding, CONV_PADDINGS)
+        check_scale("pos_init_scale", self.pos_init_scale)
+        check_bools(self, "conv_after_patching", "conv2d_use_batchnorm", "concat_pos", "sine_only")
         if self.prep_type == "conv":
             layers = math.log(self.spatial_downsample, 4)
             if self.spatial_downsample < 4 or abs(layers - round(layers)) > 1e-9:
-                _fail("spatial_downsample", self.spatial_downsample, "a power of 4 (>= 4) for prep_type='conv'")
+                fail("spatial_downsample", self.spatial_downsample, "a power of 4 (>= 4) for prep_type='conv'")
         h, w = self.image_size
         if self.prep_type == "patches" and (h % self.spatial_downsample or w % self.spatial_downsample):
-            _fail("image_size", self.image_size, f"divisible by spatial_downsample={self.spatial_downsample} for patches")
+            fail("image_size", self.image_size, f"divisible by spatial_downsample={self.spatial_downsample} for patches")
         if self.concat_or_add_pos == "add" and self.position_encoding != "none":
             if self.pos_channels != self.feature_channels:
-                _fail("concat_or_add_pos", "add", f"position channels ({self.pos_channels}) equal to feature "
+                fail("concat_or_add_pos", "add", f"position channels ({self.pos_channels}) equal to feature "
                       f"channels ({self.feature_channels})")
 
     @property
@@ -231,7 +147,7 @@ def prep_grid(cfg: ImagePreprocessorConfig, h: int, w: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EncoderConfig(_ConfigMixin):
+class EncoderConfig(ConfigBase):
     """Perceiver encoder: latents, cross-attend(s) and a latent self-attention stack.
 
     ``layout='io'`` (Perceiver IO): one cross-attend, then the stack of ``num_self_attends_per_block``
@@ -261,18 +177,18 @@ class EncoderConfig(_ConfigMixin):
         for name in ("num_latents", "num_latent_channels", "num_blocks", "num_self_attends_per_block",
                      "num_cross_attend_heads", "num_self_attend_heads", "cross_attend_widening_factor",
                      "self_attend_widening_factor"):
-            _check_int(name, getattr(self, name))
-        _check_optional_int("qk_channels", self.qk_channels)
-        _check_optional_int("v_channels", self.v_channels)
-        _check_choice("cross_attention_shape_for_attn", self.cross_attention_shape_for_attn, ("kv", "q"))
-        _check_choice("layout", self.layout, ("io", "interleaved"))
-        _check_prob("dropout_prob", self.dropout_prob)
-        _check_prob("attention_dropout_prob", self.attention_dropout_prob)
-        _check_scale("latent_init_scale", self.latent_init_scale)
-        _check_bools(self, "use_query_residual")
+            check_int(name, getattr(self, name))
+        check_optional_int("qk_channels", self.qk_channels)
+        check_optional_int("v_channels", self.v_channels)
+        check_choice("cross_attention_shape_for_attn", self.cross_attention_shape_for_attn, ("kv", "q"))
+        check_choice("layout", self.layout, ("io", "interleaved"))
+        check_prob("dropout_prob", self.dropout_prob)
+        check_prob("attention_dropout_prob", self.attention_dropout_prob)
+        check_scale("latent_init_scale", self.latent_init_scale)
+        check_bools(self, "use_query_residual")
         self_qk = self.qk_channels or self.num_latent_channels
-        _check_divisible("self-attention qk_channels", self_qk, "num_self_attend_heads", self.num_self_attend_heads)
-        _check_divisible("self-attention v_channels", self.v_channels or self_qk, "num_self_attend_heads",
+        check_divisible("self-attention qk_channels", self_qk, "num_self_attend_heads", self.num_self_attend_heads)
+        check_divisible("self-attention v_channels", self.v_channels or self_qk, "num_self_attend_heads",
                          self.num_self_attend_heads)
 
     def cross_attention_channels(self, input_channels: int) -> tuple[int, int]:
@@ -283,16 +199,11 @@ class EncoderConfig(_ConfigMixin):
         return qk, self.v_channels or qk
 
 
-def _check_divisible(what: str, value: int, heads_name: str, heads: int) -> None:
-    if value % heads:
-        raise ValueError(f"{what}={value} must be divisible by {heads_name}={heads}")
-
-
 DECODER_TYPES = ("classification", "projection", "basic")
 
 
 @dataclass(frozen=True, kw_only=True)
-class DecoderConfig(_ConfigMixin):
+class DecoderConfig(ConfigBase):
     """Decoder. ``classification``: one learned query (official ``ClassificationDecoder``);
     ``projection``: mean over latents then a zero-initialised ``Linear`` (original Perceiver);
     ``basic``: queries from position encodings over ``output_index_dims`` (official ``BasicDecoder``).
@@ -317,29 +228,29 @@ class DecoderConfig(_ConfigMixin):
     final_project: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("type", self.type, DECODER_TYPES)
-        _check_scale("query_init_scale", self.query_init_scale)
-        _check_bools(self, "concat_pos", "sine_only", "use_query_residual", "concat_preprocessed_input",
+        check_choice("type", self.type, DECODER_TYPES)
+        check_scale("query_init_scale", self.query_init_scale)
+        check_bools(self, "concat_pos", "sine_only", "use_query_residual", "concat_preprocessed_input",
                      "final_project")
-        _check_int("num_outputs", self.num_outputs)
-        _tuple_of_ints(self, "output_index_dims", self.output_index_dims)
-        _check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
-        _check_int("num_query_channels", self.num_query_channels)
-        _check_int("num_bands", self.num_bands)
-        _tuple_of_ints(self, "max_resolution", self.max_resolution, allow_none=True)
+        check_int("num_outputs", self.num_outputs)
+        normalize_int_tuple(self, "output_index_dims", self.output_index_dims)
+        check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
+        check_int("num_query_channels", self.num_query_channels)
+        check_int("num_bands", self.num_bands)
+        normalize_int_tuple(self, "max_resolution", self.max_resolution, allow_none=True)
         if self.max_resolution is not None and len(self.max_resolution) != len(self.output_index_dims):
-            _fail("max_resolution", self.max_resolution, f"{len(self.output_index_dims)} entries, one per output dim")
+            fail("max_resolution", self.max_resolution, f"{len(self.output_index_dims)} entries, one per output dim")
         for name in ("num_heads", "widening_factor"):
-            _check_int(name, getattr(self, name))
-        _check_optional_int("qk_channels", self.qk_channels)
-        _check_optional_int("v_channels", self.v_channels)
+            check_int(name, getattr(self, name))
+        check_optional_int("qk_channels", self.qk_channels)
+        check_optional_int("v_channels", self.v_channels)
         if self.type == "classification" and self.position_encoding != "trainable":
-            _fail("position_encoding", self.position_encoding, "'trainable' for a classification decoder")
+            fail("position_encoding", self.position_encoding, "'trainable' for a classification decoder")
         if self.type != "basic" and not self.final_project:
-            _fail("final_project", self.final_project, f"True for a {self.type!r} decoder (only 'basic' can skip "
+            fail("final_project", self.final_project, f"True for a {self.type!r} decoder (only 'basic' can skip "
                   "the projection)")
         if self.type == "basic" and self.position_encoding == "none" and not self.concat_preprocessed_input:
-            _fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True")
+            fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True")
 
     def query_channels(self, input_channels: int) -> int:
         """Width of the decoder queries (``input_channels`` = preprocessed input without positions)."""
@@ -354,7 +265,7 @@ class DecoderConfig(_ConfigMixin):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceiverIOConfig(_ConfigMixin):
+class PerceiverIOConfig(ConfigBase):
     """A whole model: optional image preprocessor, encoder, decoder and the MLP activation.
 
     With ``preprocessor=None`` the model takes tokens ``(B, M, input_channels)``; otherwise NCHW
@@ -374,25 +285,25 @@ class PerceiverIOConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         self._coerce_nested(optional=("preprocessor",))
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if self.preprocessor is None:
             if self.input_channels is None:
-                _fail("input_channels", None, "an int when preprocessor is None")
-            _check_int("input_channels", self.input_channels)
+                fail("input_channels", None, "an int when preprocessor is None")
+            check_int("input_channels", self.input_channels)
         else:
             derived = self.preprocessor.output_channels
             if self.input_channels not in (None, derived):
-                _fail("input_channels", self.input_channels, f"None or {derived} (derived from the preprocessor)")
+                fail("input_channels", self.input_channels, f"None or {derived} (derived from the preprocessor)")
             object.__setattr__(self, "input_channels", derived)
         enc = self.encoder
         qk, v = enc.cross_attention_channels(self.input_channels)
-        _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", enc.num_cross_attend_heads)
-        _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", enc.num_cross_attend_heads)
+        check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", enc.num_cross_attend_heads)
+        check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", enc.num_cross_attend_heads)
         dec = self.decoder
         if dec.type != "projection":
             dqk = dec.qk_channels or enc.num_latent_channels
-            _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-            _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+            check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
+            check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
 
     def replace(self, **changes: Any) -> "PerceiverIOConfig":
         if "preprocessor" in changes and "input_channels" not in changes and self.preprocessor is not None:

@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from perceivers.layers.blocks import ACTIVATIONS
-from perceivers.models.config import (
+from perceivers.models.perceiver_io.config import (
+    ConfigBase,
     EncoderConfig,
     ImagePreprocessorConfig,
-    _check_bools,
-    _check_choice,
-    _check_divisible,
-    _check_int,
-    _check_optional_int,
-    _check_scale,
-    _ConfigMixin,
-    _fail,
-    _tuple_of_ints,
+    check_bools,
+    check_choice,
+    check_divisible,
+    check_int,
+    check_optional_int,
+    check_scale,
+    fail,
+    normalize_int_tuple,
 )
 
 #: The official training resolution (``TRAIN_SIZE`` of the colab), also the tile size of tiled inference.
@@ -38,7 +38,7 @@ FLOW_SCALE_FACTOR = 20.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class FlowPreprocessorConfig(_ConfigMixin):
+class FlowPreprocessorConfig(ConfigBase):
     """Frame pairs ``(B, num_frames, in_channels, H, W)`` with ``(H, W) == image_size`` -> tokens.
 
     ``patch_size`` (odd): the ``patch_size x patch_size`` neighbourhood of every pixel, zero-padded by
@@ -58,17 +58,17 @@ class FlowPreprocessorConfig(_ConfigMixin):
     sine_only: bool = False
 
     def __post_init__(self) -> None:
-        _tuple_of_ints(self, "image_size", self.image_size)
+        normalize_int_tuple(self, "image_size", self.image_size)
         if len(self.image_size) != 2:
-            _fail("image_size", self.image_size, "(height, width)")
+            fail("image_size", self.image_size, "(height, width)")
         for name in ("in_channels", "num_frames", "patch_size", "num_channels", "num_bands"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.patch_size % 2 == 0:
-            _fail("patch_size", self.patch_size, "an odd int (the patch is centred on its pixel)")
-        _tuple_of_ints(self, "max_resolution", self.max_resolution, allow_none=True)
+            fail("patch_size", self.patch_size, "an odd int (the patch is centred on its pixel)")
+        normalize_int_tuple(self, "max_resolution", self.max_resolution, allow_none=True)
         if self.max_resolution is not None and len(self.max_resolution) != 2:
-            _fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
-        _check_bools(self, "concat_pos", "sine_only")
+            fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
+        check_bools(self, "concat_pos", "sine_only")
 
     @property
     def patch_channels(self) -> int:
@@ -93,7 +93,7 @@ class FlowPreprocessorConfig(_ConfigMixin):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FlowDecoderConfig(_ConfigMixin):
+class FlowDecoderConfig(ConfigBase):
     """Official ``FlowDecoder``: queries = preprocessed input, one cross-attend, ``Linear(-> num_outputs)``.
 
     ``flow_scale_factor``: multiplies the decoder output (already divided by ``rescale_factor``).
@@ -114,17 +114,17 @@ class FlowDecoderConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         for name in ("num_outputs", "num_heads", "widening_factor"):
-            _check_int(name, getattr(self, name))
-        _check_optional_int("qk_channels", self.qk_channels)
-        _check_optional_int("v_channels", self.v_channels)
-        _check_optional_int("chunk_size", self.chunk_size)
-        _check_bools(self, "use_query_residual")
-        _check_scale("rescale_factor", self.rescale_factor)
-        _check_scale("flow_scale_factor", self.flow_scale_factor)
+            check_int(name, getattr(self, name))
+        check_optional_int("qk_channels", self.qk_channels)
+        check_optional_int("v_channels", self.v_channels)
+        check_optional_int("chunk_size", self.chunk_size)
+        check_bools(self, "use_query_residual")
+        check_scale("rescale_factor", self.rescale_factor)
+        check_scale("flow_scale_factor", self.flow_scale_factor)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceiverIOFlowConfig(_ConfigMixin):
+class PerceiverIOFlowConfig(ConfigBase):
     """The optical-flow Perceiver IO: flow preprocessor, encoder (``io`` layout), flow decoder."""
 
     _nested: ClassVar[dict[str, type]] = {
@@ -138,15 +138,15 @@ class PerceiverIOFlowConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         self._coerce_nested()
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
         enc, dec = self.encoder, self.decoder
         if enc.layout != "io":
-            _fail("encoder.layout", enc.layout, "'io' for the flow model")
+            fail("encoder.layout", enc.layout, "'io' for the flow model")
         channels = self.preprocessor.output_channels
         qk, v = enc.cross_attention_channels(channels)
         heads = enc.num_cross_attend_heads
-        _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
-        _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
+        check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
+        check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
         dqk = dec.qk_channels or enc.num_latent_channels  # the decoder's kv input is the latents ('kv')
-        _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-        _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+        check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
+        check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)

@@ -2,7 +2,7 @@
 
 :class:`TextPreprocessorConfig` describes the official text input (``hk.Embed(262, 768)`` plus a learned
 ``2048 x 768`` position table, *added*); :class:`PerceiverIOLanguageConfig` joins it with the shared
-:class:`~perceivers.models.config.EncoderConfig` and :class:`~perceivers.models.config.DecoderConfig`:
+:class:`~perceivers.models.perceiver_io.config.EncoderConfig` and :class:`~perceivers.models.perceiver_io.config.DecoderConfig`:
 
 - ``decoder.type == "basic"``: masked language modelling (official MLM colab). Trainable queries over
   ``(max_seq_len,)`` without a final projection; logits come from an embedding decoder tied to the byte
@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from perceivers.layers.blocks import ACTIVATIONS
-from perceivers.models.config import (
+from perceivers.models.perceiver_io.config import (
+    ConfigBase,
     DecoderConfig,
     EncoderConfig,
-    _check_choice,
-    _check_divisible,
-    _check_int,
-    _check_scale,
-    _ConfigMixin,
-    _fail,
+    check_choice,
+    check_divisible,
+    check_int,
+    check_scale,
+    fail,
 )
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextPreprocessorConfig(_ConfigMixin):
+class TextPreprocessorConfig(ConfigBase):
     """Byte embedding ``(vocab_size, num_channels)`` + learned positions ``(max_seq_len, num_channels)``, added.
 
     ``embed_init_scale``: std of the truncated-normal byte embedding (Haiku ``hk.Embed`` default 1.0);
@@ -45,13 +45,13 @@ class TextPreprocessorConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "num_channels", "max_seq_len"):
-            _check_int(name, getattr(self, name))
-        _check_scale("embed_init_scale", self.embed_init_scale)
-        _check_scale("pos_init_scale", self.pos_init_scale)
+            check_int(name, getattr(self, name))
+        check_scale("embed_init_scale", self.embed_init_scale)
+        check_scale("pos_init_scale", self.pos_init_scale)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PerceiverIOLanguageConfig(_ConfigMixin):
+class PerceiverIOLanguageConfig(ConfigBase):
     """A byte-level Perceiver IO: text preprocessor, encoder, and an MLM or classification decoder."""
 
     _nested: ClassVar[dict[str, type]] = {
@@ -65,33 +65,33 @@ class PerceiverIOLanguageConfig(_ConfigMixin):
 
     def __post_init__(self) -> None:
         self._coerce_nested()
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
         prep, enc, dec = self.preprocessor, self.encoder, self.decoder
         if enc.layout != "io":
-            _fail("encoder.layout", enc.layout, "'io' for a language model")
+            fail("encoder.layout", enc.layout, "'io' for a language model")
         qk, v = enc.cross_attention_channels(prep.num_channels)
         heads = enc.num_cross_attend_heads
-        _check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
-        _check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
-        _check_choice("decoder.type", dec.type, ("basic", "classification"))
+        check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
+        check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
+        check_choice("decoder.type", dec.type, ("basic", "classification"))
         dqk = dec.qk_channels or enc.num_latent_channels
-        _check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-        _check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+        check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
+        check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
         if dec.type == "basic":
             self._check_mlm_decoder()
 
     def _check_mlm_decoder(self) -> None:
         prep, dec = self.preprocessor, self.decoder
         if dec.position_encoding != "trainable" or dec.concat_preprocessed_input:
-            _fail("decoder.position_encoding", dec.position_encoding,
+            fail("decoder.position_encoding", dec.position_encoding,
                   "'trainable' queries (and concat_preprocessed_input=False) for the MLM decoder")
         if dec.output_index_dims != (prep.max_seq_len,):
-            _fail("decoder.output_index_dims", dec.output_index_dims,
+            fail("decoder.output_index_dims", dec.output_index_dims,
                   f"({prep.max_seq_len},), one query per position of preprocessor.max_seq_len")
         if dec.final_project:
-            _fail("decoder.final_project", True, "False: MLM logits come from the tied embedding decoder")
+            fail("decoder.final_project", True, "False: MLM logits come from the tied embedding decoder")
         if dec.num_query_channels != prep.num_channels:
-            _fail("decoder.num_query_channels", dec.num_query_channels,
+            fail("decoder.num_query_channels", dec.num_query_channels,
                   f"preprocessor.num_channels={prep.num_channels} (the output is decoded with the byte embedding)")
 
     @property

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
-from perceivers.models.config import EncoderConfig
-from perceivers.models.flow_config import FlowDecoderConfig, FlowPreprocessorConfig, PerceiverIOFlowConfig
-from perceivers.models.perceiver_io_flow import PerceiverIOFlow
-from perceivers.registry import register_model
+from perceivers.core.registry import register_model
+from perceivers.models.perceiver_io.config import EncoderConfig
+from perceivers.models.perceiver_io.flow import PerceiverIOFlow
+from perceivers.models.perceiver_io.flow_config import (
+    FlowDecoderConfig,
+    FlowPreprocessorConfig,
+    PerceiverIOFlowConfig,
+)
 
 
 @register_model("perceiver-io-flow", model_cls=PerceiverIOFlow, num_parameters=41_057_134)

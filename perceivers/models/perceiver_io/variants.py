@@ -6,9 +6,14 @@ Counts exclude BatchNorm running statistics (buffers). ImageNet configurations f
 
 from __future__ import annotations
 
-from perceivers.models.config import DecoderConfig, EncoderConfig, ImagePreprocessorConfig, PerceiverIOConfig
-from perceivers.models.perceiver_io import PerceiverIO
-from perceivers.registry import register_model
+from perceivers.core.registry import register_model
+from perceivers.models.perceiver_io.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ImagePreprocessorConfig,
+    PerceiverIOConfig,
+)
+from perceivers.models.perceiver_io.model import PerceiverIO
 
 _IMAGENET_ENCODER = EncoderConfig(num_latents=512, num_latent_channels=1024, num_blocks=8,
                                   num_self_attends_per_block=6, num_cross_attend_heads=1, num_self_attend_heads=8)

@@ -27,11 +27,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from perceivers.hub import PretrainedMixin, register_model_type
 from perceivers.layers.init import init_linear_fan_in, init_trunc_normal, init_zeros
-from perceivers.models.hip_blocks import (GroupPlan, HiPBlock, ReconstructionHead, group, init_table_fan_in,
-                                          plan_concatenate, plan_groups, regroup, ungroup)
-from perceivers.models.hip_config import HiPConfig
+from perceivers.models.base import PerceiverModel
+from perceivers.models.hip.blocks import (
+    GroupPlan,
+    HiPBlock,
+    ReconstructionHead,
+    group,
+    init_table_fan_in,
+    plan_concatenate,
+    plan_groups,
+    regroup,
+    ungroup,
+)
+from perceivers.models.hip.config import HiPConfig
 
 
 def build_block(c: HiPConfig, i: int) -> HiPBlock:
@@ -149,8 +158,7 @@ class HiPFrontEnd:
         return plan_groups(lengths, self.hip_config.num_groups[0])
 
 
-@register_model_type("hip", HiPConfig)
-class HiP(HiPFrontEnd, PretrainedMixin, nn.Module):
+class HiP(HiPFrontEnd, PerceiverModel, model_type="hip"):
     """HiP / HiPClassBottleneck. ``forward(inputs, mask=None)`` returns ``{"input_reconstruction":
     {m: (B, M_m, C_m)}, "latents": {m: (B, L_m, C_last)}}`` for the modalities present in ``inputs``
     (any non-empty subset of ``config.modalities`` with at least one non-label modality).
@@ -159,11 +167,11 @@ class HiP(HiPFrontEnd, PretrainedMixin, nn.Module):
     is called by ``__init__`` unless the parameters live on the meta device.
     """
 
+    config_class = HiPConfig
+
     def __init__(self, config: HiPConfig) -> None:
-        super().__init__()
-        if not isinstance(config, HiPConfig):
-            raise TypeError(f"config must be a HiPConfig, got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         e, mid = c.num_embedding_channels, c.processor_index
         self._build_front_end(c)
         self.blocks = nn.ModuleList(build_block(c, i) for i in range(len(c.num_groups)))
@@ -177,8 +185,7 @@ class HiP(HiPFrontEnd, PretrainedMixin, nn.Module):
                                                            for m in labels})
             self.label_reconstruction_head = ReconstructionHead(query_channels=d, latent_channels=c.num_channels[mid])
             self.label_unembedders = nn.ModuleDict({m: nn.Linear(d, c.modalities[m][1]) for m in labels})
-        if not self.blocks[0].latents.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     @property
     def hip_config(self) -> HiPConfig:

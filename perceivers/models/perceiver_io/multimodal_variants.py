@@ -8,16 +8,16 @@ no weights were released for it.
 
 from __future__ import annotations
 
-from perceivers.models.config import DecoderConfig, EncoderConfig
-from perceivers.models.multimodal_config import (
+from perceivers.core.registry import register_model
+from perceivers.models.perceiver_io.audio import PerceiverIOAudio
+from perceivers.models.perceiver_io.config import DecoderConfig, EncoderConfig
+from perceivers.models.perceiver_io.multimodal import PerceiverIOMultimodal
+from perceivers.models.perceiver_io.multimodal_config import (
     ModalityConfig,
     MultimodalDecoderConfig,
     PerceiverIOAudioConfig,
     PerceiverIOMultimodalConfig,
 )
-from perceivers.models.perceiver_io_audio import PerceiverIOAudio
-from perceivers.models.perceiver_io_multimodal import PerceiverIOMultimodal
-from perceivers.registry import register_model
 
 
 def kinetics_modalities(*, frames: int = 16, image_size: tuple[int, int] = (224, 224), samples_per_frame: int = 1920,

@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perceivers.layers.blocks import CrossAttentionBlock, SelfAttentionBlock
-from perceivers.layers.init import _TRUNC_STD_CORRECTION, init_linear_fan_in, init_trunc_normal
+from perceivers.layers.init import (
+    _TRUNC_STD_CORRECTION,
+    init_linear_fan_in,
+    init_trunc_normal,
+)
 
 
 def init_table_fan_in(table: Tensor) -> None:

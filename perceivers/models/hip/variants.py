@@ -10,10 +10,10 @@ with ``num_position_encoding_channels=512``. Override ``modalities`` for real da
 
 from __future__ import annotations
 
-from perceivers.models.hip import HiP
-from perceivers.models.hip_classifier import HiPClassifier, HiPClassifierConfig
-from perceivers.models.hip_config import HiPConfig
-from perceivers.registry import register_model
+from perceivers.core.registry import register_model
+from perceivers.models.hip.classifier import HiPClassifier, HiPClassifierConfig
+from perceivers.models.hip.config import HiPConfig
+from perceivers.models.hip.model import HiP
 
 OFFICIAL_TEST_MODALITIES = {
     "imagenet_image": (1024, 3), "imagenet_label": (32, 1),

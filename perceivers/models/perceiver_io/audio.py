@@ -4,18 +4,17 @@ features -> encoder -> one learned query -> ``Linear`` to class logits (sigmoid 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from perceivers.decoders.basic import ClassificationDecoder
-from perceivers.hub import PretrainedMixin, register_model_type
 from perceivers.layers.attention import check_mask
-from perceivers.models.encoder import PerceiverEncoder
-from perceivers.models.multimodal_config import PerceiverIOAudioConfig
+from perceivers.models.base import PerceiverModel
+from perceivers.models.perceiver_io.encoder import PerceiverEncoder
+from perceivers.models.perceiver_io.multimodal_config import PerceiverIOAudioConfig
 from perceivers.preprocessors.multimodal import ModalityPreprocessor
 
 
-@register_model_type("perceiver_io_audio", PerceiverIOAudioConfig)
-class PerceiverIOAudio(PretrainedMixin, nn.Module):
+class PerceiverIOAudio(PerceiverModel, model_type="perceiver_io_audio"):
     """Waveforms ``(B, S)`` or ``(B, S, 1)`` -> logits ``(B, num_outputs)``.
 
     ``input_mask: (B, S / samples_per_patch)`` bool marks real patches (True) of padded clips; padded
@@ -24,18 +23,17 @@ class PerceiverIOAudio(PretrainedMixin, nn.Module):
     from ``max_resolution``).
     """
 
+    config_class = PerceiverIOAudioConfig
+
     def __init__(self, config: PerceiverIOAudioConfig) -> None:
-        super().__init__()
-        if not isinstance(config, PerceiverIOAudioConfig):
-            raise TypeError(f"config must be a PerceiverIOAudioConfig, got {type(config).__name__}")
-        self.config = c = config
+        super().__init__(config)
+        c = config
         self.preprocessor = ModalityPreprocessor(c.preprocessor)
         self.encoder = PerceiverEncoder(c.encoder, input_channels=c.preprocessor.input_channels,
                                         activation=c.activation)
         self.decoder = ClassificationDecoder(c.decoder, latent_channels=c.encoder.num_latent_channels,
                                              activation=c.activation)
-        if not self.encoder.latents.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
         self.encoder.init_weights()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from perceivers.decoders.basic import BasicDecoder, ClassificationDecoder, ProjectionDecoder
-from perceivers.hub import PretrainedMixin, register_model_type
+from perceivers.decoders.basic import (
+    BasicDecoder,
+    ClassificationDecoder,
+    ProjectionDecoder,
+)
 from perceivers.layers.attention import check_mask
-from perceivers.models.config import PerceiverIOConfig
-from perceivers.models.encoder import PerceiverEncoder
+from perceivers.models.base import PerceiverModel
+from perceivers.models.perceiver_io.config import PerceiverIOConfig
+from perceivers.models.perceiver_io.encoder import PerceiverEncoder
 from perceivers.preprocessors.image import ImagePreprocessor
 
 
-@register_model_type("perceiver_io", PerceiverIOConfig)
-class PerceiverIO(PretrainedMixin, nn.Module):
+class PerceiverIO(PerceiverModel, model_type="perceiver_io"):
     """A Perceiver IO (or original Perceiver, ``encoder.layout='interleaved'``) model.
 
     Inputs are NCHW float images ``(B, C, H, W)`` when ``config.preprocessor`` is set, else tokens
@@ -25,11 +28,10 @@ class PerceiverIO(PretrainedMixin, nn.Module):
     is called by ``__init__`` unless the parameters live on the meta device.
     """
 
+    config_class = PerceiverIOConfig
+
     def __init__(self, config: PerceiverIOConfig) -> None:
-        super().__init__()
-        if not isinstance(config, PerceiverIOConfig):
-            raise TypeError(f"config must be a PerceiverIOConfig, got {type(config).__name__}")
-        self.config = config
+        super().__init__(config)
         c = config
         self.preprocessor = ImagePreprocessor(c.preprocessor) if c.preprocessor is not None else None
         self.encoder = PerceiverEncoder(c.encoder, input_channels=c.input_channels, activation=c.activation)
@@ -43,8 +45,7 @@ class PerceiverIO(PretrainedMixin, nn.Module):
         else:
             self.decoder = BasicDecoder(d, latent_channels=latent_channels, input_channels=c.preprocessed_channels,
                                         activation=c.activation)
-        if not self.encoder.latents.is_meta:
-            self.init_weights()
+        self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
         """Official initialisation (fan-in truncated normal linears, 0.02 latents and tables)."""

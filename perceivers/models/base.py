@@ -1,0 +1,59 @@
+"""What every model class shares: config check, initialisation unless on meta, parameter count, saving,
+and registration of its ``model_type``.
+
+A family's model is ``class PerceiverAR(PerceiverModel, model_type="perceiver_ar"): config_class = ...``; its
+``__init__`` calls ``super().__init__(config)``, declares modules, and ends with :meth:`init_weights_unless_meta`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from perceivers.core.registry import register_model_type
+from perceivers.models.hub import save_pretrained
+
+
+class PerceiverModel(nn.Module):
+    """Base of every model class (a pure single-device ``nn.Module``).
+
+    Subclasses set ``config_class`` and pass ``model_type="..."`` in the class statement to be rebuilt by
+    :func:`perceivers.from_pretrained`; a subclass without ``model_type`` inherits its parent's.
+    """
+
+    config_class: ClassVar[type]
+    model_type: ClassVar[str]
+
+    def __init_subclass__(cls, *, model_type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if model_type is not None:
+            cls.model_type = model_type
+            register_model_type(model_type, cls)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def init_weights(self) -> None:
+        """Apply the official initialisation to every parameter (subclasses implement it)."""
+        raise NotImplementedError
+
+    def init_weights_unless_meta(self) -> None:
+        """Call :meth:`init_weights` unless the parameters live on the meta device (built without memory)."""
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    def num_parameters(self) -> int:
+        """Every parameter, frozen ones included (the official counts); buffers such as BatchNorm running
+        statistics are not parameters and are not counted."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``save_directory`` (see
+        :func:`perceivers.models.hub.save_pretrained`)."""
+        return save_pretrained(self, save_directory)
