@@ -31,10 +31,15 @@ def _fan_in(weight: Tensor) -> int:
     return int(math.prod(weight.shape[1:]))
 
 
+def init_variance_scaling(tensor: Tensor, fan_in: int, scale: float = 1.0) -> None:
+    """Haiku ``VarianceScaling(scale, 'fan_in', 'truncated_normal')``: truncated normal with std
+    ``sqrt(scale / fan_in)``, corrected for the truncation, in place."""
+    init_trunc_normal(tensor, math.sqrt(scale / fan_in) / _TRUNC_STD_CORRECTION)
+
+
 def init_linear_fan_in(module: nn.Linear | nn.Conv2d, scale: float = 1.0) -> None:
     """Official ``conv_1d`` init: fan-in variance scaling with a truncated normal; zero bias."""
-    std = math.sqrt(scale / _fan_in(module.weight)) / _TRUNC_STD_CORRECTION
-    init_trunc_normal(module.weight, std)
+    init_variance_scaling(module.weight, _fan_in(module.weight), scale)
     if module.bias is not None and not module.bias.is_meta:
         nn.init.zeros_(module.bias)
 

@@ -7,7 +7,6 @@ our SDPA ``Attention`` blocks, so groups never interact inside a block (official
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -16,15 +15,14 @@ from torch import Tensor, nn
 
 from perceivers.layers.blocks import CrossAttentionBlock, SelfAttentionBlock
 from perceivers.layers.init import (
-    _TRUNC_STD_CORRECTION,
     init_linear_fan_in,
-    init_trunc_normal,
+    init_variance_scaling,
 )
 
 
 def init_table_fan_in(table: Tensor) -> None:
     """Official ``TrainablePositionEncoding`` init: VarianceScaling(1.0) with fan-in = ``table.shape[0]``."""
-    init_trunc_normal(table, math.sqrt(1.0 / table.shape[0]) / _TRUNC_STD_CORRECTION)
+    init_variance_scaling(table, table.shape[0])
 
 
 def fold(x: Tensor) -> Tensor:

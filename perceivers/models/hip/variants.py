@@ -104,7 +104,7 @@ def hip_perceiver_io_c_50m() -> HiPConfig:
 
 @register_model("hip-perceiver-io-c-150m", model_cls=HiP, num_parameters=133_886_628)
 def hip_perceiver_io_c_150m() -> HiPConfig:
-    """Perceiver IO c_150m of the HiP repository: 1024 latents x 896, 12 layers; 677,156 params (no official figure)."""
+    """Perceiver IO c_150m of the HiP repository: 1024 latents x 896, 12 layers; 133,886,628 params (no official figure)."""
     return _io(num_self_attend_layers=(12,), num_latents=(1024,), num_channels=(896,), num_self_attend_heads=(16,),
                num_cross_attend_heads=(16,), self_attend_widening_factor=4, cross_attend_widening_factor=4,
                num_embedding_channels=896)
