@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from perceivers.core.registry import register_model_type
@@ -21,7 +22,9 @@ class PerceiverModel(nn.Module):
     """Base of every model class (a pure single-device ``nn.Module``).
 
     Subclasses set ``config_class`` and pass ``model_type="..."`` in the class statement to be rebuilt by
-    :func:`perceivers.from_pretrained`; a subclass without ``model_type`` inherits its parent's.
+    :func:`perceivers.from_pretrained`; a subclass without ``model_type`` inherits its parent's. Each config class
+    has ``debug_size()`` (the same structure at test size) and each model ``example_inputs()``, so every
+    registered variant runs in the registry-driven tests.
     """
 
     config_class: ClassVar[type]
@@ -41,6 +44,11 @@ class PerceiverModel(nn.Module):
 
     def init_weights(self) -> None:
         """Apply the official initialisation to every parameter (subclasses implement it)."""
+        raise NotImplementedError
+
+    def example_inputs(self, batch_size: int = 2, *, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Random valid keyword arguments of ``forward`` on the model's device and dtype (``model(**kwargs)``):
+        for tests, benchmarks and export. Subclasses implement it."""
         raise NotImplementedError
 
     def init_weights_unless_meta(self) -> None:

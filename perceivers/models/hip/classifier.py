@@ -42,6 +42,10 @@ class HiPClassifierConfig(ConfigBase):
         if len(self.hip.num_groups) == 1:
             fail("hip.num_groups", self.hip.num_groups, "a HiP with a processor (>= 3 blocks)")
 
+    def debug_size(self) -> HiPClassifierConfig:
+        """The same structure at test size (see :meth:`HiPConfig.debug_size`)."""
+        return self.replace(hip=self.hip.debug_size())
+
 
 class HiPClassifier(HiPFrontEnd, PerceiverModel, model_type="hip-classifier"):
     """``forward(inputs: {m: (B, M_m, C_m)}) -> logits (B, num_classes)``."""

@@ -9,6 +9,7 @@ Modalities are declared explicitly as an ordered mapping ``name -> (index_dim, c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from perceivers.core.validation import (
     check_bools,
     check_choice,
     check_int,
+    check_prob,
     fail,
     normalize_int_tuple,
 )
@@ -116,10 +118,8 @@ class HiPConfig(ConfigBase):
             check_int("num_position_slots", self.num_position_slots)
         check_bools(self, "sort_modalities", "use_mask_token")
         check_choice("regroup_type", self.regroup_type, REGROUP_TYPES)
-        for name in ("dropout_prob", "drop_path_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                fail(name, value, "a float in [0, 1)")
+        check_prob("dropout_prob", self.dropout_prob)
+        check_prob("drop_path_rate", self.drop_path_rate)
         self._check_blocks()
 
     def _check_blocks(self) -> None:
@@ -165,6 +165,26 @@ class HiPConfig(ConfigBase):
     @property
     def processor_index(self) -> int:
         return len(self.num_groups) // 2
+
+    def debug_size(self) -> HiPConfig:
+        """The same structure (blocks, groups, modalities, options) at test size: 8 channels, one layer and at most
+        two heads per block, ``4 * lcm(num_groups)`` latents in all per block (so every regrouping divides), and
+        every modality in one call (``num_position_slots=None``) where the first block has groups enough."""
+        k, emb = len(self.num_groups), 8
+        total = 4 * math.lcm(*self.num_groups)
+        latents = tuple(total // g for g in self.num_groups)
+        subset = self.processor_num_latents_train
+        if subset is not None:  # half the processor's latents, if the next block can regroup them
+            mid = self.processor_index
+            half = latents[mid] // 2
+            subset = half if k > 1 and half % self.num_groups[mid + 1] == 0 else latents[mid]
+        position = None if self.num_position_encoding_channels in (None, self.num_embedding_channels) else 2 * emb
+        return self.replace(num_self_attend_layers=(1,) * k, num_latents=latents, num_channels=(emb,) * k,
+                            num_self_attend_heads=tuple(min(h, 2) for h in self.num_self_attend_heads),
+                            num_cross_attend_heads=(1,) * k, num_embedding_channels=emb,
+                            num_position_encoding_channels=position, processor_num_latents_train=subset,
+                            num_position_slots=None if len(self.inputs) <= self.num_groups[0] or k == 1
+                            else self.num_position_slots)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

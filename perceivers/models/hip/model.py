@@ -24,6 +24,8 @@ modalities first, then the labels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -86,6 +88,16 @@ class HiPFrontEnd:
         if self.hip_config.use_mask_token:
             for token in self.mask_tokens.values():
                 init_trunc_normal(token, 0.02)
+
+    def example_inputs(self, batch_size: int = 2, *, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Random valid keyword arguments of ``forward``: ``{"inputs": {m: (B, M_m, C_m)}}`` standard normal, for as
+        many non-label modalities as one call may carry (``num_position_slots``) and every label modality."""
+        c = self.hip_config
+        slots = c.num_position_slots if c.num_position_slots is not None else len(c.inputs)
+        names = [*c.inputs[:slots], *c.label_modalities]
+        ref = next(iter(self.embedders.values())).weight
+        return {"inputs": {m: torch.randn(batch_size, *c.modalities[m], generator=generator).to(ref)
+                           for m in names}}
 
     def _check_inputs(self, inputs: dict[str, Tensor]) -> tuple[list[str], list[str]]:
         """Validate the call's modalities; return (non-label names, label names) in processing order."""
@@ -206,6 +218,15 @@ class HiP(HiPFrontEnd, PerceiverModel, model_type="hip"):
             init_zeros(linear)
 
     # ----------------------------------------------------------------------------------------- forward
+
+    def example_inputs(self, batch_size: int = 2, *, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """As :meth:`HiPFrontEnd.example_inputs`, plus ``mask`` hiding every other position of each non-label
+        modality when the model has mask tokens."""
+        kwargs = super().example_inputs(batch_size, generator=generator)
+        if self.config.use_mask_token:
+            kwargs["mask"] = {m: (torch.arange(x.shape[1], device=x.device) % 2 == 0).expand(x.shape[:2])
+                              for m, x in kwargs["inputs"].items() if m not in self.config.label_modalities}
+        return kwargs
 
     def forward(self, inputs: dict[str, Tensor], mask: dict[str, Tensor] | None = None,
                 ) -> dict[str, dict[str, Tensor]]:
