@@ -7,7 +7,9 @@
 - every page under docs/ is linked from README.md;
 - every ``benchmarks/...`` or ``examples/...`` script named in a page exists (the measured figures cite them
   as their commands);
-- README's model table lists every registered model with its exact parameter count, and nothing else.
+- README's model table lists every registered model with its exact parameter count, and nothing else;
+- a ``docs/PAGE.md#anchor`` cited in the code exists, and no code cites reference notes kept outside the
+  repository (expected to fail until issue 12's citation pass is done).
 """
 
 from __future__ import annotations
@@ -133,6 +135,35 @@ def test_slug_follows_github():
     assert slug("`perceivers train text`: bytes of the stdlib") == "perceivers-train-text-bytes-of-the-stdlib"
     assert slug("Speed and memory vs HF **transformers**") == "speed-and-memory-vs-hf-transformers"
     assert slug("Layers, 1 -> 2 processes") == "layers-1---2-processes"
+
+
+CODE = [p for d in ("perceivers", "tests", "benchmarks", "examples") for p in sorted((ROOT / d).rglob("*.py"))
+        if p.resolve() != Path(__file__).resolve()]
+DOCS_CITATION = re.compile(r"\bdocs/([\w./-]+\.md)(?:#([\w-]+))?")
+OUTSIDE_CITATION = re.compile(r"\b(?:perceiver-io|perceiver-ar-and-hip|conventions-checked|peers)\.md\b"
+                              r"|\breference [AB]\.\d+")
+
+
+def test_code_citations_of_the_docs_resolve():
+    """A docstring or comment that cites ``docs/PAGE.md#anchor`` names a page and a heading that exist."""
+    problems = []
+    for path in CODE:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for page, anchor in DOCS_CITATION.findall(line):
+                dest = ROOT / "docs" / page
+                if not dest.is_file():
+                    problems.append(f"{path.relative_to(ROOT)}:{n}: docs/{page} does not exist")
+                elif anchor and anchor not in anchors(dest):
+                    problems.append(f"{path.relative_to(ROOT)}:{n}: no #{anchor} in docs/{page}")
+    assert not problems, "\n".join(problems)
+
+
+# TODO(lead): drop this marker once the code's citations point at docs/ anchors (issue 12).
+@pytest.mark.xfail(reason="docstrings still cite reference notes that are not in the repository", strict=False)
+def test_code_cites_no_file_outside_the_repository():
+    hits = [f"{p.relative_to(ROOT)}:{n}: {line.strip()[:100]}" for p in CODE
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if OUTSIDE_CITATION.search(line)]
+    assert not hits, "cite a paper, an official file or a docs/ anchor instead:\n" + "\n".join(hits)
 
 
 def readme_model_table() -> dict[str, int]:
