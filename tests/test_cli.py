@@ -1,12 +1,20 @@
-"""The command line: train digits end to end (1 short epoch), eval the saved model, list models."""
+"""The command line: train digits end to end (1 short epoch), eval the saved model, list models; every command's
+help; the error policy (a user's mistake is one line and exit status 2, a bug keeps its traceback)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from perceivers.cli.main import main
+import perceivers
+from perceivers.cli.main import build_parser, main, user_input
+from perceivers.core.errors import UserError
 
 
 def test_train_then_eval_digits(tmp_path, capsys):
@@ -48,9 +56,161 @@ def test_models_lists_registry_with_counts(capsys):
         assert count in line
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "models", "generate", "convert"])
-def test_every_command_has_help(command, capsys):
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """``(path, parser)`` of every command and sub-command (``convert hf``), read from the parser itself."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _commands(sub, (*path, name))
+
+
+COMMANDS = list(_commands(build_parser()))
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())  # help is wrapped to the terminal width
+
+
+def test_command_list_is_complete():
+    names = {path for path, _ in COMMANDS}
+    assert {("train",), ("plot",), ("eval",), ("models",), ("convert",), ("convert", "hf"), ("convert", "haiku"),
+            ("convert", "to-hf"), ("generate",), ("fill-mask",)} <= names
+
+
+def test_top_level_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as exc:
-        main([command, "--help"])
+        main(["--help"])
     assert exc.value.code == 0
-    assert len(capsys.readouterr().out) > 200
+    out = capsys.readouterr().out
+    for path, sub in COMMANDS:
+        if len(path) == 1:
+            assert path[0] in out
+
+
+@pytest.mark.parametrize("path, sub", COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
+def test_every_command_has_help(path, sub, capsys):
+    """``perceivers COMMAND --help`` exits 0 and shows the description and every argument with its help."""
+    with pytest.raises(SystemExit) as exc:
+        main([*path, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: perceivers {' '.join(path)}")
+    assert sub.description and _squeezed(sub.description) in _squeezed(out)
+    for action in sub._actions:
+        if isinstance(action, argparse._SubParsersAction):  # convert: each SOURCE with its one-line help
+            for choice in action._choices_actions:
+                assert choice.dest in out and _squeezed(choice.help) in _squeezed(out), (path, choice.dest)
+            continue
+        names = list(action.option_strings) or [action.metavar or action.dest]
+        if action.choices is not None and not action.option_strings:
+            names = list(action.choices)  # the recipes
+        for name in names:
+            assert name in out, (path, name)
+        assert action.help and _squeezed(action.help) in _squeezed(out), (path, action.dest)
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+@pytest.fixture(scope="module")
+def ar_checkpoint(tmp_path_factory):
+    from perceivers.models import create_model
+
+    return create_model("perceiver-ar-debug").save_pretrained(tmp_path_factory.mktemp("ckpt") / "ar")
+
+
+@pytest.fixture(scope="module")
+def bad_config_checkpoint(ar_checkpoint, tmp_path_factory):
+    """The AR checkpoint with ``num_latents: 0`` in its config.json."""
+    out = tmp_path_factory.mktemp("ckpt") / "bad"
+    out.mkdir()
+    data = json.loads((ar_checkpoint / "config.json").read_text())
+    data["config"]["num_latents"] = 0
+    (out / "config.json").write_text(json.dumps(data))
+    (out / "model.safetensors").write_bytes((ar_checkpoint / "model.safetensors").read_bytes())
+    return out
+
+
+USER_ERRORS = [
+    (["generate", "--threads", "0"], "--threads=0 is invalid: expected an int >= 1"),
+    (["generate", "--max-new-tokens", "-1"], "--max-new-tokens=-1 is invalid: expected an int >= 0"),
+    (["generate", "--top-k", "0"], "top_k=0 is invalid"),
+    (["generate", "--device", "nowhere"], "--device 'nowhere' is invalid"),
+    (["generate", "--prompt", "x" * 40], "--prompt is 41 tokens"),  # context 32
+    (["generate", "--checkpoint", "{missing}"], "--checkpoint: checkpoint folder"),
+    (["generate", "--checkpoint", "{bad_config}"], "--checkpoint: num_latents=0 is invalid"),
+    (["fill-mask", "--text", "a[MASK]"], "masked language model"),  # an AR checkpoint
+    (["eval", "digits", "--checkpoint", "{missing}"], "does not exist"),
+    (["train", "digits", "--set", "lr"], "--set 'lr' is invalid: expected KEY=VALUE"),
+    (["train", "digits", "--lr", "fast"], "lr='fast' is invalid: expected a number"),
+    (["train", "digits", "--lr"], "--lr needs a value"),
+    (["train", "digits", "--epochs", "0"], "epochs=0 is invalid"),
+    (["train", "digits", "--no-such-setting", "1"], "unknown setting 'no-such-setting'"),
+    (["plot", "{missing}"], "metrics.csv is missing"),
+    (["convert", "haiku", "{missing}", "{out}"], "does not exist"),
+    (["convert", "hf", "{missing}", "{out}"], "does not exist"),
+    (["convert", "to-hf", "{missing}", "{out}"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv, message", USER_ERRORS, ids=[" ".join(a[:3]) for a, _ in USER_ERRORS])
+def test_user_errors_are_one_line_exit_2(argv, message, ar_checkpoint, bad_config_checkpoint, tmp_path, capsys):
+    names = {"missing": tmp_path / "missing", "bad_config": bad_config_checkpoint, "out": tmp_path / "out"}
+    argv = [a.format(**names) for a in argv]
+    if argv[0] in ("generate", "fill-mask") and "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(ar_checkpoint)]
+    if argv[0] == "train":
+        argv += ["--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"perceivers {argv[0]}: error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_user_input_marks_only_value_and_file_errors():
+    with pytest.raises(UserError, match="^--checkpoint: bad value$") as exc:
+        with user_input("--checkpoint"):
+            raise ValueError("bad value")
+    assert isinstance(exc.value.__cause__, ValueError)
+    with pytest.raises(UserError, match="^no such file$"):
+        with user_input():
+            raise FileNotFoundError("no such file")
+    with pytest.raises(TypeError, match="a bug"):  # a TypeError is a bug unless the toolkit raised it
+        with user_input("--checkpoint"):
+            raise TypeError("a bug")
+
+
+def test_internal_errors_propagate(monkeypatch, ar_checkpoint):
+    """A ValueError or TypeError from inside the library is not reported as a user error."""
+    import perceivers.models
+    import perceivers.models.hub
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(perceivers.models, "get_entry", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["models", "debug"])
+
+    def type_bug(*args, **kwargs):
+        raise TypeError("an internal bug while loading")
+
+    # inside the --checkpoint reading block: only ValueError / OSError / UserError mean a bad folder
+    monkeypatch.setattr(perceivers.models.hub, "load_state_dict_strict", type_bug)
+    with pytest.raises(TypeError, match="while loading"):
+        main(["generate", "--checkpoint", str(ar_checkpoint)])
+
+
+def test_internal_error_shows_traceback_and_exit_1():
+    script = ("import perceivers.models\n"
+              "def bug(*args, **kwargs):\n"
+              "    raise TypeError('an internal bug')\n"
+              "perceivers.models.create_model = bug\n"
+              "from perceivers.cli.main import main\n"
+              "raise SystemExit(main(['models', 'debug']))\n")
+    root = str(Path(perceivers.__file__).parents[1])  # this checkout, not another installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback (most recent call last)" in run.stderr
+    assert run.stderr.rstrip().endswith("TypeError: an internal bug")

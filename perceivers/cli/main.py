@@ -1,15 +1,33 @@
-"""The ``perceivers`` command line: ``train``, ``plot``, ``eval``, ``models``, ``convert``, ``generate``, ``fill-mask``."""
+"""The ``perceivers`` command line: ``train``, ``plot``, ``eval``, ``models``, ``convert``, ``generate``, ``fill-mask``.
+
+Errors follow one policy: a mistake in what the user typed or pointed at is one line on stderr,
+``perceivers COMMAND: error: MESSAGE``, naming the argument and what was expected, with exit status 2 (as argparse
+does for a malformed command line); anything else is a bug and propagates with its traceback (exit status 1).
+Two things count as a user's mistake:
+
+- a :class:`~perceivers.core.errors.UserError`, raised wherever the library validates what it was given (the
+  validation toolkit raises ``ConfigError`` / ``ConfigTypeError`` for every config, recipe or engine setting) and by
+  this module's own checks of its flags;
+- a ``ValueError`` or ``OSError`` raised inside a :func:`user_input` block. Such a block wraps only a call whose job
+  is to read the user's input: a checkpoint folder, a foreign checkpoint file, a run folder's CSVs, ``--set`` text.
+
+No block wraps a computation (training, generation, evaluation, a forward pass), so a plain ``ValueError`` or
+``TypeError`` from inside one is never mistaken for bad input and shows where it came from.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from perceivers import __version__
+from perceivers.core.errors import ConfigError, UserError
+from perceivers.core.validation import check_int, check_optional_int
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -141,12 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def user_input(argument: str | None = None) -> Iterator[None]:
+    """Treat a ``ValueError`` or ``OSError`` raised in the block as bad user input: re-raise it as a one-line
+    :class:`UserError`, prefixed with ``argument`` (the flag that named the input). Wrap only calls that read input
+    (see the module docstring), never a computation."""
+    try:
+        yield
+    except (UserError, ValueError, OSError) as exc:
+        raise UserError(f"{argument}: {exc}" if argument else str(exc)) from exc
+
+
+def _load(checkpoint: str, device: str):
+    """The model folder ``--checkpoint`` on ``--device``; a missing, unreadable or mismatched folder is a user error."""
+    import torch
+
+    from perceivers.models import from_pretrained
+
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is invalid: expected a torch device such as cpu, cuda or cuda:1") \
+            from None
+    with user_input("--checkpoint"):
+        return from_pretrained(checkpoint, device=device)
+
+
 def _set_threads(threads: int | None) -> None:
     import torch
 
+    check_optional_int("--threads", threads)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
@@ -155,14 +198,14 @@ def _override_pairs(args: argparse.Namespace, extra: list[str], bools: set[str])
     pairs = []
     for item in args.set:
         if "=" not in item:
-            raise ValueError(f"--set {item!r} is invalid: expected KEY=VALUE")
+            raise ConfigError(f"--set {item!r} is invalid: expected KEY=VALUE")
         key, value = item.split("=", 1)
         pairs.append((key.strip(), value.strip()))
     i = 0
     while i < len(extra):
         token = extra[i]
         if not token.startswith("--") or token == "--":
-            raise ValueError(f"unexpected argument {token!r}: settings are --KEY VALUE or --set KEY=VALUE")
+            raise ConfigError(f"unexpected argument {token!r}: settings are --KEY VALUE or --set KEY=VALUE")
         key = token[2:]
         if "=" in key:
             key, value = key.split("=", 1)
@@ -172,7 +215,7 @@ def _override_pairs(args: argparse.Namespace, extra: list[str], bools: set[str])
         elif i + 1 < len(extra):
             value, i = extra[i + 1], i + 2
         else:
-            raise ValueError(f"{token} needs a value")
+            raise ConfigError(f"{token} needs a value")
         pairs.append((key, value))
     return pairs
 
@@ -180,6 +223,7 @@ def _override_pairs(args: argparse.Namespace, extra: list[str], bools: set[str])
 def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     import json
 
+    from perceivers.training.checkpoint import CheckpointError
     from perceivers.training.engine import run_recipe
     from perceivers.training.overrides import apply_overrides, bool_keys
     from perceivers.training.recipes import RECIPES
@@ -187,13 +231,16 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     _set_threads(args.threads)
     recipe = RECIPES[args.recipe]()
     aliases = set(getattr(recipe, "aliases", {}) or {})
-    recipe = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe) | aliases))
+    with user_input():  # the recipe's and the engine's settings validate the typed values
+        recipe = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe) | aliases))
     if args.print_config:
         print(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
         return 0
     try:
         result = run_recipe(recipe, args.out or f"runs/{args.recipe}", resume=args.resume,
                             progress=not args.no_progress)
+    except CheckpointError as exc:  # --resume named a missing or unreadable checkpoint
+        raise UserError(f"--resume: {exc}") from exc
     except FloatingPointError as exc:
         print(f"perceivers train: error: {exc}", file=sys.stderr)
         return 3
@@ -203,7 +250,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from perceivers.training.plot import plot_run
 
-    out = plot_run(args.run_dir, args.out)
+    with user_input():  # reads RUN_DIR's CSVs and draws them; its errors name the file and the problem
+        out = plot_run(args.run_dir, args.out)
     print(f"wrote {out}")
     return 0
 
@@ -214,16 +262,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from perceivers.data.text import EOS_ID, VOCAB_SIZE, encode
-    from perceivers.models import from_pretrained
+    from perceivers.generation.sampling import check_sampling_args
     from perceivers.models.perceiver_ar.model import PerceiverAR
 
     _set_threads(args.threads)
-    if args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    model = from_pretrained(args.checkpoint, device=args.device)
+    check_int("--max-new-tokens", args.max_new_tokens, minimum=0)
+    with user_input():  # the sampling flags, checked before any decoding
+        check_sampling_args(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    model = _load(args.checkpoint, args.device)
     if not isinstance(model, PerceiverAR) or model.config.vocab_size != VOCAB_SIZE:
-        raise ValueError(f"{args.checkpoint} is not a byte-level Perceiver AR checkpoint (vocab {VOCAB_SIZE})")
+        raise ConfigError(f"--checkpoint {args.checkpoint} is not a byte-level Perceiver AR checkpoint "
+                          f"(vocab {VOCAB_SIZE})")
     prompt = encode(args.prompt, sos=True)
+    if len(prompt) > model.config.max_context_length:
+        raise ConfigError(f"--prompt is {len(prompt)} tokens with its SOS: expected at most the model's "
+                          f"max_context_length={model.config.max_context_length}")
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def stream(tokens: torch.Tensor) -> None:
@@ -245,22 +298,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     from perceivers.generation.fill_mask import fill_mask
-    from perceivers.models import from_pretrained
 
     _set_threads(args.threads)
-    model = from_pretrained(args.checkpoint, device=args.device)
-    result = fill_mask(model, args.text, mask_token=args.mask_token, add_special_tokens=args.add_special_tokens,
-                       device=args.device)
+    model = _load(args.checkpoint, args.device)
+    with user_input():  # fill_mask checks the model and the text before its one forward pass
+        result = fill_mask(model, args.text, mask_token=args.mask_token, add_special_tokens=args.add_special_tokens,
+                           device=args.device)
     print(result.text)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from perceivers.data.digits import load_digits_split
-    from perceivers.models import from_pretrained
     from perceivers.training.trainer import evaluate
 
-    model = from_pretrained(args.checkpoint, device=args.device)
+    model = _load(args.checkpoint, args.device)
     data = load_digits_split()
     result = evaluate(model, data.test_images, data.test_labels, device=args.device)
     n = result["num_examples"]
@@ -270,25 +322,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    # A converter reads a foreign file and maps its keys strictly: its errors (a missing file, an unsupported head,
+    # missing or unexpected keys) are about that file.
     if args.source == "hf":
         from perceivers.converters.hf import convert_hf_folder
 
-        model = convert_hf_folder(args.src, hf_compat=args.hf_compat,
-                                  undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
-        out = model.save_pretrained(args.out)
+        with user_input():
+            model = convert_hf_folder(args.src, hf_compat=args.hf_compat,
+                                      undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
+        with user_input("OUT"):
+            out = model.save_pretrained(args.out)
         mode = "HF-compatible" if args.hf_compat else "official semantics"
         print(f"converted {args.src} ({model.num_parameters():,} parameters, {mode}) -> {out}")
         return 0
     if args.source == "to-hf":
         from perceivers.converters.hf import convert_to_hf_folder
 
-        out = convert_to_hf_folder(args.src, args.out)
+        with user_input():
+            out = convert_to_hf_folder(args.src, args.out)
         print(f"converted {args.src} -> {out} (transformers format)")
         return 0
     from perceivers.converters.haiku import convert_haiku_file
 
-    model = convert_haiku_file(args.params, args.model)
-    out = model.save_pretrained(args.out)
+    with user_input():
+        model = convert_haiku_file(args.params, args.model)
+    with user_input("OUT"):
+        out = model.save_pretrained(args.out)
     print(f"converted {args.params} ({model.num_parameters():,} parameters) -> {out}")
     return 0
 
@@ -315,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "convert": cmd_convert, "fill-mask": cmd_fill_mask}
     try:
         return handlers[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except UserError as exc:  # anything else is a bug and keeps its traceback (see the module docstring)
         print(f"perceivers {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

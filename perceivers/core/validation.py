@@ -1,7 +1,9 @@
 """One validation toolkit for every config and settings class, and :class:`ConfigBase`.
 
-Each ``check_*`` raises ``ValueError`` (wrong value) or ``TypeError`` (wrong type) naming the field, the value and
-what was expected, e.g. ``num_latents=0 is invalid: expected an int >= 1``. Configs are
+Each ``check_*`` raises :class:`~perceivers.core.errors.ConfigError` (wrong value, a ``ValueError``) or
+:class:`~perceivers.core.errors.ConfigTypeError` (wrong type, a ``TypeError``) naming the field, the value and what was
+expected, e.g. ``num_latents=0 is invalid: expected an int >= 1``; both are
+:class:`~perceivers.core.errors.UserError`, which the command line reports in one line. Configs are
 ``@dataclass(frozen=True, kw_only=True)`` subclasses of :class:`ConfigBase` that call these from ``__post_init__``.
 """
 
@@ -11,16 +13,18 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
+from perceivers.core.errors import ConfigError, ConfigTypeError
+
 
 def fail(name: str, value: Any, expected: str) -> None:
-    """Raise ``ValueError("{name}={value!r} is invalid: expected {expected}")``."""
-    raise ValueError(f"{name}={value!r} is invalid: expected {expected}")
+    """Raise ``ConfigError("{name}={value!r} is invalid: expected {expected}")`` (a ``ValueError``)."""
+    raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> None:
     """An ``int`` (``bool`` refused) at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+        raise ConfigTypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
         fail(name, value, f"an int >= {minimum}")
 
@@ -35,7 +39,7 @@ def check_float(name: str, value: Any, *, minimum: float = -math.inf, maximum: f
                 min_inclusive: bool = True, max_inclusive: bool = True) -> None:
     """A finite real number (int or float, ``bool`` refused) within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} ({value!r})")
+        raise ConfigTypeError(f"{name} must be a float, got {type(value).__name__} ({value!r})")
     low_ok = value >= minimum if min_inclusive else value > minimum
     high_ok = value <= maximum if max_inclusive else value < maximum
     if not math.isfinite(value) or not (low_ok and high_ok):
@@ -59,7 +63,7 @@ def check_scale(name: str, value: Any) -> None:
 def check_bool(name: str, value: Any) -> None:
     """A ``bool`` (``0``/``1`` refused)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+        raise ConfigTypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
 
 
 def check_bools(obj: Any, *names: str) -> None:
@@ -77,7 +81,7 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 def check_divisible(what: str, value: int, by_name: str, by: int) -> None:
     """``value`` divisible by ``by`` (attention widths by head counts)."""
     if value % by:
-        raise ValueError(f"{what}={value} must be divisible by {by_name}={by}")
+        raise ConfigError(f"{what}={value} must be divisible by {by_name}={by}")
 
 
 def normalize_int_tuple(obj: Any, name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> None:
@@ -86,7 +90,7 @@ def normalize_int_tuple(obj: Any, name: str, value: Any, *, allow_none: bool = F
     if value is None and allow_none:
         return
     if not isinstance(value, (tuple, list)) or not value:
-        raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
+        raise ConfigTypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
     for v in value:
         check_int(name, v, minimum=minimum)
     object.__setattr__(obj, name, tuple(value))
@@ -112,17 +116,17 @@ class ConfigBase:
             if isinstance(value, dict):
                 object.__setattr__(self, key, sub.from_dict(value))
             elif not isinstance(value, sub) and not (value is None and key in optional):
-                raise TypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
+                raise ConfigTypeError(f"{key} must be a {sub.__name__} or a dict, got {type(value).__name__}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
         """Build from a dict of fields; unknown fields are refused, listing the valid ones."""
         if not isinstance(data, dict):
-            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+            raise ConfigTypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
+            raise ConfigError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
         kwargs = dict(data)
         for key, sub in cls._nested.items():
             if isinstance(kwargs.get(key), dict):
@@ -134,7 +138,7 @@ class ConfigBase:
         names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         unknown = sorted(set(changes) - names)
         if unknown:
-            raise ValueError(f"unknown {type(self).__name__} fields {unknown}; valid fields: {sorted(names)}")
+            raise ConfigError(f"unknown {type(self).__name__} fields {unknown}; valid fields: {sorted(names)}")
         for key, sub in self._nested.items():
             value = changes.get(key)
             current = getattr(self, key)
