@@ -1,10 +1,13 @@
 """Property tests: any small configuration and any input either works (finite output of the documented
 shape) or is rejected with ValueError / TypeError and a non-empty message; never another exception or NaN.
+Valid configurations and fault-free inputs must work: the tests count them, so validation that refused
+everything would fail.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from perceivers import PerceiverIO
+from perceivers.core.errors import UserError
 from perceivers.layers.attention import Attention
 from perceivers.models.perceiver_io.config import (
     DecoderConfig,
@@ -34,10 +38,12 @@ def divisors(n: int, limit: int = 4) -> list[int]:
 
 
 @st.composite
-def configs(draw):
-    """Kwargs for the sub-configs and the top level. Mostly a valid configuration; otherwise one or
-    two fields get a random, possibly invalid value (0, negative, wrong type, unknown choice, a width
-    that no longer divides the heads...). Built inside the test."""
+def configs(draw, *, corrupt: bool = True):
+    """``(prep, encoder, decoder, top, corrupted)``: kwargs for the sub-configs and the top level, built
+    inside the test. Mostly a valid configuration; with ``corrupt``, one time in three one or two fields get
+    a random, possibly invalid value (0, negative, wrong type, unknown choice, a width that no longer divides
+    the heads...) and ``corrupted`` is True. Without corruption the only constraint left unmodelled is
+    :data:`LEGITIMATE_CONFIG_REFUSALS` (and ``corrupt=False`` draws one cross-attention head, so none)."""
     prep = None
     if draw(st.booleans()):
         prep_type = draw(st.sampled_from(["pixels", "patches", "conv1x1", "conv"]))
@@ -70,7 +76,8 @@ def configs(draw):
     encoder = dict(
         num_latents=draw(st.integers(1, 5)), num_latent_channels=d, num_blocks=draw(st.integers(1, 3)),
         num_self_attends_per_block=draw(st.integers(1, 2)),
-        num_cross_attend_heads=draw(st.sampled_from([1, 1, 1, 1, 2])), num_self_attend_heads=self_heads,
+        num_cross_attend_heads=draw(st.sampled_from([1, 1, 1, 1, 2] if corrupt else [1])),
+        num_self_attend_heads=self_heads,
         cross_attend_widening_factor=draw(st.integers(1, 2)), self_attend_widening_factor=draw(st.integers(1, 2)),
         qk_channels=qk, v_channels=v,
         cross_attention_shape_for_attn=draw(st.sampled_from(["kv", "q"])),
@@ -102,15 +109,19 @@ def configs(draw):
             pass
     top = dict(input_channels=None if prep is not None else draw(st.integers(1, 6)),
                activation=draw(st.sampled_from(["gelu_tanh", "gelu", "sq_relu", "relu"])))
-    if draw(st.integers(0, 2)) == 2:  # corrupt one or two fields
+    corrupted = corrupt and draw(st.integers(0, 2)) == 2
+    if corrupted:  # one or two fields
         parts = {"prep": prep, "encoder": encoder, "decoder": decoder, "top": top}
         for _ in range(draw(st.integers(1, 2))):
             name = draw(st.sampled_from([k for k, v in parts.items() if v is not None]))
             field = draw(st.sampled_from(sorted(parts[name])))
             parts[name][field] = draw(BAD_VALUES)
-    return prep, encoder, decoder, top
+    return prep, encoder, decoder, top, corrupted
 
 
+# An uncorrupted configuration may still be refused for this reason: the cross-attention width is the
+# input width (derived from the preprocessor), which two cross-attention heads may not divide.
+LEGITIMATE_CONFIG_REFUSALS = ("must be divisible by num_cross_attend_heads",)
 # Inputs the generator builds without a fault may still be refused for these reasons: BatchNorm in
 # train mode needs more than one value per channel; concat_preprocessed_input needs M == O.
 LEGITIMATE_REFUSALS = ("Expected more than 1 value per channel when training", "concat_preprocessed_input")
@@ -209,21 +220,25 @@ def _build(prep, encoder, decoder, top):
         encoder=EncoderConfig(**encoder), decoder=DecoderConfig(**decoder), **top)
 
 
-@SETTINGS
-@given(data=st.data(), spec=configs(), train=st.integers(0, 3))
-def test_build_and_call_never_crash(data, spec, train):
-    """Building and calling either gives finite outputs of the documented shape (and, in train mode,
-    finite gradients) or raises ValueError/TypeError with a message."""
+def _build_and_call(data, spec, train: bool, tally: Counter) -> None:
+    """Build ``spec`` and call it on drawn inputs: either finite outputs of the documented shape (and, in
+    train mode, finite gradients), or ValueError/TypeError with a message. Counts each outcome in ``tally``."""
+    *parts, corrupted = spec
     torch.manual_seed(0)
     try:
-        cfg = _build(*spec)
+        cfg = _build(*parts)
         model = PerceiverIO(cfg)
     except ACCEPTED as exc:
         assert str(exc).strip()
+        # configurations are refused by the validation toolkit, whose errors the CLI reports in one line
+        assert isinstance(exc, UserError), f"{type(exc).__name__} is not a perceivers.core.errors.UserError: {exc}"
+        # a configuration without corrupted fields is only refused for a documented reason
+        assert corrupted or any(reason in str(exc) for reason in LEGITIMATE_CONFIG_REFUSALS), exc
+        tally["rejected config"] += 1
         event("rejected config")
         return
     assert model.num_parameters() > 0
-    model.train(train == 0)
+    model.train(train)
     x, mask, extra, fault = data.draw(inputs(cfg, model))
     try:
         with torch.set_grad_enabled(model.training):
@@ -232,6 +247,7 @@ def test_build_and_call_never_crash(data, spec, train):
         assert str(exc).strip()
         # a fault-free input is only refused for these documented reasons
         assert fault is not None or any(reason in str(exc) for reason in LEGITIMATE_REFUSALS), exc
+        tally["rejected input" if fault is not None else "refused valid input"] += 1
         event("rejected input")
         return
     event(f"ran {cfg.decoder.type} prep={cfg.preprocessor.prep_type if cfg.preprocessor else None}")
@@ -242,6 +258,39 @@ def test_build_and_call_never_crash(data, spec, train):
         out.square().mean().backward()
         for name, p in model.named_parameters():
             assert p.grad is None or torch.isfinite(p.grad).all(), name
+    tally["ran" if fault is None else "ran with a harmless fault"] += 1
+
+
+def test_build_and_call_never_crash():
+    """Random configurations (one in three corrupted) and inputs (one in three faulty) either run or are
+    refused with ValueError/TypeError; most of them run (a validation that refused everything fails here)."""
+    tally: Counter = Counter()
+
+    @SETTINGS
+    @given(data=st.data(), spec=configs(), train=st.integers(0, 3))
+    def check(data, spec, train):
+        _build_and_call(data, spec, train == 0, tally)
+
+    check()
+    total = sum(tally.values())
+    assert total >= 100, tally
+    assert tally["ran"] >= 0.3 * total, tally  # about half in practice
+    assert tally["rejected config"] >= 0.1 * total and tally["rejected input"] >= 0.05 * total, tally
+
+
+def test_valid_configs_build_and_run():
+    """Uncorrupted configurations (validity by construction) always build; fault-free inputs run."""
+    tally: Counter = Counter()
+
+    @settings(SETTINGS, max_examples=60)
+    @given(data=st.data(), spec=configs(corrupt=False), train=st.integers(0, 3))
+    def check(data, spec, train):
+        before = tally["rejected config"]
+        _build_and_call(data, spec, train == 0, tally)
+        assert tally["rejected config"] == before, "a valid configuration was refused"
+
+    check()
+    assert tally["rejected config"] == 0 and tally["ran"] >= 0.5 * sum(tally.values()), tally
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
