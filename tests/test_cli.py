@@ -135,7 +135,7 @@ USER_ERRORS = [
     (["generate", "--threads", "0"], "--threads=0 is invalid: expected an int >= 1"),
     (["generate", "--max-new-tokens", "-1"], "--max-new-tokens=-1 is invalid: expected an int >= 0"),
     (["generate", "--top-k", "0"], "top_k=0 is invalid"),
-    (["generate", "--device", "nowhere"], "--device 'nowhere' is invalid"),
+    (["generate", "--device", "nowhere"], "--device='nowhere' is invalid: expected a torch device"),
     (["generate", "--prompt", "x" * 40], "--prompt is 41 tokens"),  # context 32
     (["generate", "--checkpoint", "{missing}"], "--checkpoint: checkpoint folder"),
     (["generate", "--checkpoint", "{bad_config}"], "--checkpoint: num_latents=0 is invalid"),

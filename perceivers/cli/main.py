@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 from perceivers import __version__
 from perceivers.core.errors import ConfigError, UserError
-from perceivers.core.validation import check_int, check_optional_int
+from perceivers.core.validation import check_int, check_optional_int, fail
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -177,10 +177,13 @@ def _load(checkpoint: str, device: str):
     from perceivers.models import from_pretrained
 
     try:
-        torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device!r} is invalid: expected a torch device such as cpu, cuda or cuda:1") \
-            from None
+        dev = None
+    if dev is None:
+        fail("--device", device, "a torch device such as cpu, cuda or cuda:1")
+    elif dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        fail("--device", device, f"a device this machine has ({torch.cuda.device_count()} CUDA devices)")
     with user_input("--checkpoint"):
         return from_pretrained(checkpoint, device=device)
 
