@@ -12,12 +12,14 @@ from test_perceiver_ar import make, randomized, tiny_ar
 
 from perceivers.generation import CachedDecoder, PerceiverARCache, generate
 from perceivers.generation.kv_cache import LayerKVCache
+from perceivers.generation.layout import FusedQKVAttention, column_major_linears
 from perceivers.generation.sampling import (
     process_logits,
     sample_next,
     top_k_filter,
     top_p_filter,
 )
+from perceivers.layers.attention import Attention
 from perceivers.models.perceiver_ar.model import PerceiverAR
 
 POSITIONS = ["rotary", "absolute"]
@@ -207,14 +209,24 @@ def test_eos_stops_each_example_and_pads():
     assert out.sequences[1, 2:out.lengths[1]].tolist() == expected1
 
 
-def test_model_generate_delegates_and_zero_new_tokens():
+def test_list_and_tensor_prompts_agree_and_zero_new_tokens():
     model = make("rotary")
-    a = model.generate([[1, 2]], max_new_tokens=5)
+    a = generate(model, [[1, 2]], max_new_tokens=5)
     b = generate(model, torch.tensor([[1, 2]]), max_new_tokens=5)
     assert torch.equal(a.sequences, b.sequences)
     padded = generate(model, torch.tensor([[1, 2, 9], [3, 0, 0]]), torch.tensor([3, 1]), max_new_tokens=0)
     assert padded.sequences.tolist() == [[1, 2, 9], [3, 0, 0]] and padded.lengths.tolist() == [3, 1]
     assert generate(model, torch.tensor([4, 5]), max_new_tokens=2).sequences.shape == (1, 4)  # 1-D prompt
+
+
+def test_streamer_sees_every_token_and_is_refused_with_beam_search():
+    model = make("rotary")
+    seen: list[list[int]] = []
+    out = generate(model, [[2, 10, 3], [4]], max_new_tokens=5, streamer=lambda t: seen.append(t.tolist()))
+    assert [s[0] for s in seen] == out.sequences[0, 3:].tolist()
+    assert [s[1] for s in seen] == out.sequences[1, 1:6].tolist()
+    with pytest.raises(ValueError, match="beam"):
+        generate(model, [[2, 10]], max_new_tokens=2, num_beams=2, streamer=print)
 
 
 # ------------------------------------------------------------------------------------ beam search
@@ -326,48 +338,58 @@ def test_cache_reports_all_valid_history_as_none():
     assert cache.update(k, k, None)[2] is None
 
 
-def test_decode_layout_fuses_attention_relayouts_expanding_weights_and_is_restored():
-    from perceivers.generation.layout import column_major_linears
-
+def test_decode_layout_swaps_in_fused_attention_relayouts_expanding_weights_and_restores_both():
     model = make("rotary")
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
     layer = model.self_attends[0]
-    fc1, fc2 = layer.mlp.fc1.weight, layer.mlp.fc2.weight
     attn = layer.attention
+    fc1, fc2 = layer.mlp.fc1.weight, layer.mlp.fc2.weight
     assert fc1.shape[0] > fc1.shape[1] and fc2.shape[0] < fc2.shape[1]
     with column_major_linears(model):
+        fused = layer.attention
+        assert isinstance(fused, FusedQKVAttention) and fused.with_query and fused.q_proj is attn.q_proj
+        cross = model.cross_attend.attention  # queries 12 channels, keys 16: only k and v are fused
+        assert isinstance(cross, FusedQKVAttention) and not cross.with_query
         assert fc1.stride() == (1, fc1.shape[0]) and fc2.is_contiguous() and attn.o_proj.weight.is_contiguous()
         q, k = attn.q_proj.weight, attn.k_proj.weight  # views into one column-major (3C, C) block
         assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() and not q.is_contiguous()
-        assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
-    assert fc1.is_contiguous() and attn.q_proj.weight.is_contiguous() and attn._fused is None
+        inside = dict(model.named_parameters())  # the same Parameter objects under the same names
+        assert inside.keys() == params.keys() and all(inside[n] is p for n, p in params.items())
+        state = model.state_dict()
+        assert state.keys() == before.keys() and all(torch.equal(before[n], t) for n, t in state.items())
+    assert layer.attention is attn and type(attn) is Attention
+    assert fc1.is_contiguous() and attn.q_proj.weight.is_contiguous()
     with pytest.raises(RuntimeError, match="boom"), column_major_linears(model):
         raise RuntimeError("boom")
+    assert layer.attention is attn and all(type(m) is not FusedQKVAttention for m in model.modules())
     assert all(p.is_contiguous() for p in model.parameters())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_fused_attention_projections_match_and_never_bypass_autograd():
-    from perceivers.layers.attention import Attention
-
+def test_fused_qkv_attention_matches_uses_the_block_and_never_bypasses_autograd():
     torch.manual_seed(0)
     for q_in in (6, 8):  # same width: q, k, v fused; different: k, v only
         attn = Attention(q_in_channels=q_in, kv_in_channels=8, qk_channels=8, v_channels=4, output_channels=5,
                          num_heads=2)
         x, xq = torch.randn(2, 3, 8), torch.randn(2, 4, q_in)
+        calls = []
+        attn.k_proj.register_forward_hook(lambda *_: calls.append(1))
         with torch.no_grad():
             ref_self = attn(x, x) if q_in == 8 else None
             ref_cross = attn(xq, x)
-            attn.fuse_projections(True)
-            assert attn._fused.with_query == (q_in == 8)
-            torch.testing.assert_close(attn(xq, x), ref_cross, rtol=1e-6, atol=1e-6)
+            calls.clear()
+            fused = FusedQKVAttention.from_attention(attn)
+            assert fused.with_query == (q_in == 8) and fused.block.shape == (8 * (q_in == 8) + 8 + 4, 8)
+            torch.testing.assert_close(fused(xq, x), ref_cross, rtol=1e-6, atol=1e-6)
             if ref_self is not None:
-                torch.testing.assert_close(attn(x, x), ref_self, rtol=1e-6, atol=1e-6)
-        attn(xq, x).sum().backward()  # with autograd the parameters themselves are used
-        assert attn.k_proj.weight.grad is not None and attn.k_proj.bias.grad is not None
-        attn.fuse_projections(False)
-        assert attn._fused is None and attn.k_proj.weight.is_contiguous()
+                torch.testing.assert_close(fused(x, x), ref_self, rtol=1e-6, atol=1e-6)
+            assert not calls  # keys come from the fused block, not from k_proj
+        fused(xq, x).sum().backward()  # with autograd the parameters themselves are used
+        assert calls and attn.k_proj.weight.grad is not None and attn.k_proj.bias.grad is not None
+        fused.release()
+        assert attn.k_proj.weight.is_contiguous() and attn.q_proj.weight.is_contiguous()
 
 
 @pytest.mark.parametrize("position", POSITIONS)

@@ -10,12 +10,13 @@ Two optional hooks serve autoregressive models (Perceiver AR): rotary angles for
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceivers.core.validation import check_divisible, check_int
 from perceivers.layers.init import init_linear_fan_in
 from perceivers.layers.rotary import Rotary, apply_rotary
 
@@ -46,13 +47,6 @@ def check_mask(mask: Tensor | None, *, batch: int, num_queries: int, num_keys: i
             f"{name} must have shape (B, M)=({batch}, {num_keys}) or (B, N, M)=({batch}, {num_queries}, "
             f"{num_keys}), got {tuple(mask.shape)}"
         )
-
-
-def check_positive(**sizes: int) -> None:
-    """Raise ``ValueError`` unless every size is an int >= 1 (naming the offending argument)."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
 
 
 def _extend_with_cache(
@@ -89,13 +83,6 @@ def sdpa_mask(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     return keep[:, None], valid  # (B, 1, N, M), (B, N, 1)
 
 
-class _FusedProjections(NamedTuple):
-    weight: Tensor  # (sum(sizes), C_in), column-major
-    bias: Tensor  # (sum(sizes),)
-    sizes: list[int]
-    with_query: bool
-
-
 class Attention(nn.Module):
     """Q/K/V/O linears with bias and independent qk / v widths; heads own contiguous channel slices.
 
@@ -118,53 +105,22 @@ class Attention(nn.Module):
         dropout_prob: float = 0.0,
     ) -> None:
         super().__init__()
-        check_positive(q_in_channels=q_in_channels, kv_in_channels=kv_in_channels, qk_channels=qk_channels,
-                       v_channels=v_channels, output_channels=output_channels, num_heads=num_heads)
-        for field, value in (("qk_channels", qk_channels), ("v_channels", v_channels)):
-            if value % num_heads != 0:
-                raise ValueError(f"{field}={value} must be divisible by num_heads={num_heads}")
+        for name, value in (("q_in_channels", q_in_channels), ("kv_in_channels", kv_in_channels),
+                            ("qk_channels", qk_channels), ("v_channels", v_channels),
+                            ("output_channels", output_channels), ("num_heads", num_heads)):
+            check_int(name, value)
+        check_divisible("qk_channels", qk_channels, "num_heads", num_heads)
+        check_divisible("v_channels", v_channels, "num_heads", num_heads)
         self.num_heads = num_heads
         self.dropout_prob = dropout_prob
         self.q_proj = nn.Linear(q_in_channels, qk_channels)
         self.k_proj = nn.Linear(kv_in_channels, qk_channels)
         self.v_proj = nn.Linear(kv_in_channels, v_channels)
         self.o_proj = nn.Linear(v_channels, output_channels)
-        self._fused: _FusedProjections | None = None
 
     def init_weights(self) -> None:
         for linear in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             init_linear_fan_in(linear)
-
-    def fuse_projections(self, enabled: bool = True) -> None:
-        """Store the key and value weights (and the query weight when it reads the same width) in one
-        column-major ``(C_q + C_k + C_v, C_in)`` block and compute them with one matmul, for
-        one-token decoding on CPU (:mod:`perceivers.generation.layout`: ~1.6x faster weight reads).
-
-        The parameters become views into that block (values, shapes and ``state_dict`` unchanged);
-        the fused matmul runs only without autograd (``torch.no_grad``), as its block is not a
-        parameter. ``enabled=False`` restores separate contiguous weights.
-        """
-        projs = [self.k_proj, self.v_proj]
-        if self.q_proj.in_features == self.k_proj.in_features:
-            projs.insert(0, self.q_proj)
-        if not enabled:
-            if self._fused is not None:
-                with torch.no_grad():
-                    for proj in projs:
-                        proj.weight.data = proj.weight.data.contiguous()
-            self._fused = None
-            return
-        if self._fused is not None:
-            return
-        w = self.k_proj.weight
-        sizes = [proj.out_features for proj in projs]
-        block = torch.empty(w.shape[1], sum(sizes), dtype=w.dtype, device=w.device).t()  # column-major
-        with torch.no_grad():
-            for proj, rows in zip(projs, block.split(sizes)):
-                rows.copy_(proj.weight)
-                proj.weight.data = rows
-            bias = torch.cat([proj.bias for proj in projs])
-        self._fused = _FusedProjections(block, bias, sizes, with_query=len(projs) == 3)
 
     def forward(
         self,
@@ -185,22 +141,29 @@ class Attention(nn.Module):
         to every valid stored entry plus the new ones; ``mask`` then covers only the new keys, and
         ``kv_mask: (B, M)`` marks which new entries later calls may attend (default: all).
         """
-        b, n, _ = x_q.shape
-        m = x_kv.shape[1]
+        return self.attend(self.q_proj(x_q), self.k_proj(x_kv), self.v_proj(x_kv), mask, q_rotary=q_rotary,
+                           k_rotary=k_rotary, kv_cache=kv_cache, kv_mask=kv_mask)
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        *,
+        q_rotary: Rotary | None = None,
+        k_rotary: Rotary | None = None,
+        kv_cache: KVCacheLayer | None = None,
+        kv_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Everything after the input projections: ``q: (B, N, C_qk)``, ``k: (B, M, C_qk)``, ``v: (B, M, C_v)``
+        (already projected) -> ``(B, N, C_out)``; the other arguments as in :meth:`forward`."""
+        b, n, _ = q.shape
+        m = k.shape[1]
         check_mask(mask, batch=b, num_queries=n, num_keys=m)
         if kv_mask is not None and kv_cache is None:
             raise ValueError("kv_mask marks entries stored in a cache: it needs kv_cache")
         h = self.num_heads
-        fused = self._fused if not torch.is_grad_enabled() else None
-        if fused is not None and (x_q is x_kv or not fused.with_query):
-            parts = F.linear(x_kv, fused.weight, fused.bias).split(fused.sizes, dim=-1)
-            q, k, v = parts if fused.with_query else (self.q_proj(x_q), *parts)
-        elif fused is not None:  # different query input: the key/value rows of the block only
-            nq = fused.sizes[0]
-            k, v = F.linear(x_kv, fused.weight[nq:], fused.bias[nq:]).split(fused.sizes[1:], dim=-1)
-            q = self.q_proj(x_q)
-        else:
-            q, k, v = self.q_proj(x_q), self.k_proj(x_kv), self.v_proj(x_kv)
         q = q.view(b, n, h, -1).transpose(1, 2)  # (B, H, N, Dqk)
         k = k.view(b, m, h, -1).transpose(1, 2)  # (B, H, M, Dqk)
         v = v.view(b, m, h, -1).transpose(1, 2)  # (B, H, M, Dv)
@@ -210,7 +173,6 @@ class Attention(nn.Module):
             k = apply_rotary(k, k_rotary)
         if kv_cache is not None:
             k, v, mask = _extend_with_cache(kv_cache, k, v, mask, kv_mask, num_queries=n)
-            m = k.shape[2]
         attn_mask, row_valid = sdpa_mask(mask)
         dropout = self.dropout_prob if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)

@@ -11,7 +11,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceivers.layers.attention import Attention, KVCacheLayer, check_positive
+from perceivers.core.validation import check_choice, check_int
+from perceivers.layers.attention import Attention, KVCacheLayer
 from perceivers.layers.init import init_linear_fan_in
 from perceivers.layers.rotary import Rotary
 
@@ -41,9 +42,9 @@ class MLP(nn.Module):
         self, channels: int, *, widening_factor: int = 1, activation: str = "gelu_tanh", dropout_prob: float = 0.0
     ) -> None:
         super().__init__()
-        check_positive(channels=channels, widening_factor=widening_factor)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        check_int("channels", channels)
+        check_int("widening_factor", widening_factor)
+        check_choice("activation", activation, ACTIVATIONS)
         self.activation = activation
         self.fc1 = nn.Linear(channels, widening_factor * channels)
         self.fc2 = nn.Linear(widening_factor * channels, channels)
@@ -84,9 +85,9 @@ class CrossAttentionBlock(nn.Module):
         activation: str = "gelu_tanh",
     ) -> None:
         super().__init__()
-        check_positive(q_channels=q_channels, kv_channels=kv_channels, num_heads=num_heads)
-        if shape_for_attn not in ("kv", "q"):
-            raise ValueError(f"shape_for_attn must be 'kv' or 'q', got {shape_for_attn!r}")
+        for name, value in (("q_channels", q_channels), ("kv_channels", kv_channels), ("num_heads", num_heads)):
+            check_int(name, value)
+        check_choice("shape_for_attn", shape_for_attn, ("kv", "q"))
         if qk_channels is None:
             qk_channels = kv_channels if shape_for_attn == "kv" else q_channels
         if v_channels is None:
@@ -151,7 +152,8 @@ class SelfAttentionBlock(nn.Module):
         activation: str = "gelu_tanh",
     ) -> None:
         super().__init__()
-        check_positive(channels=channels, num_heads=num_heads)
+        check_int("channels", channels)
+        check_int("num_heads", num_heads)
         qk_channels = channels if qk_channels is None else qk_channels
         v_channels = qk_channels if v_channels is None else v_channels
         self.attention_norm = nn.LayerNorm(channels, eps=LAYER_NORM_EPS)

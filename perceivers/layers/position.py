@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from perceivers.core.validation import fail
 from perceivers.layers.init import init_linear_haiku, init_trunc_normal
 
 
@@ -79,9 +80,7 @@ class FourierPositionEncoding(nn.Module):
         self.num_bands = num_bands
         self.max_resolution = tuple(max_resolution) if max_resolution is not None else self.index_dims
         if len(self.max_resolution) != len(self.index_dims):
-            raise ValueError(
-                f"max_resolution {self.max_resolution} must have one entry per index dim {self.index_dims}"
-            )
+            fail("max_resolution", self.max_resolution, f"one entry per index dim {self.index_dims}")
         self.concat_pos = concat_pos
         self.sine_only = sine_only
         self._cache: dict[tuple, Tensor] = {}
@@ -177,15 +176,13 @@ class PositionEncoder(nn.Module):
         elif kind == "none":
             self.encoding = None
         else:
-            raise ValueError(f"position encoding must be 'fourier', 'trainable' or 'none', got {kind!r}")
+            fail("position encoding kind", kind, "one of ('fourier', 'trainable', 'none')")
         raw = 0 if self.encoding is None else self.encoding.num_channels
         self.projection = nn.Linear(raw, project_pos_dim) if project_pos_dim > 0 and raw > 0 else None
         self.pos_channels = project_pos_dim if self.projection is not None else raw
         if concat_or_add == "add" and self.pos_channels not in (0, input_channels):
-            raise ValueError(
-                f"concat_or_add_pos='add' needs position channels ({self.pos_channels}) equal to the input "
-                f"channels ({input_channels})"
-            )
+            fail("concat_or_add_pos", concat_or_add, f"'concat' unless the position channels ({self.pos_channels}) "
+                 f"equal the input channels ({input_channels})")
         self.output_channels = input_channels + (self.pos_channels if concat_or_add == "concat" else 0)
 
     def init_weights(self) -> None:

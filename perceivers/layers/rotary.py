@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from perceivers.core.validation import check_float, check_int, fail
+
 
 class Rotary(NamedTuple):
     """Cosines and sines of the rotation angles, each ``(B, T, R)`` (pair members repeated).
@@ -50,15 +52,11 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, *, head_dim: int, max_wavelength: float, fraction: float = 0.5) -> None:
         super().__init__()
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-            raise ValueError(f"head_dim={head_dim!r} is invalid: expected an int >= 1")
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction={fraction!r} is invalid: expected a float in (0, 1]")
+        check_int("head_dim", head_dim)
+        check_float("fraction", fraction, minimum=0.0, maximum=1.0, min_inclusive=False)
         if rotary_channels(head_dim, fraction) < 2:
-            raise ValueError(f"fraction={fraction!r} rotates no channel pair of a {head_dim}-channel head: "
-                             f"expected head_dim * fraction >= 2")
-        if isinstance(max_wavelength, bool) or not isinstance(max_wavelength, (int, float)) or max_wavelength < 1:
-            raise ValueError(f"max_wavelength={max_wavelength!r} is invalid: expected a number >= 1")
+            fail("fraction", fraction, f"head_dim * fraction >= 2 (one rotated pair of a {head_dim}-channel head)")
+        check_float("max_wavelength", max_wavelength, minimum=1.0)
         self.head_dim = head_dim
         self.fraction = fraction
         self.num_channels = rotary_channels(head_dim, fraction)
