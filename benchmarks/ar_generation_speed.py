@@ -4,7 +4,7 @@ Same shape for every model (random weights; speed does not depend on them): byte
 ``--channels`` wide, ``--heads`` heads, ``--layers`` latent self-attention layers, ``--latents`` latents
 over a ``--prompt-len`` prompt, greedy decoding of ``--new-tokens`` tokens, batch 1, float32.
 
-- perceivers: ``model.generate`` (fixed-size KV cache). ``--cache-latents`` defaults to ``2 * latents``
+- perceivers: ``perceivers.generation.generate`` (fixed-size KV cache). ``--cache-latents`` defaults to ``2 * latents``
   so the prompt pass uses the same ``latents`` latents as the peers (the official half-fill rule).
 - krasserm perceiver-io (optional): ``CausalSequenceModel`` with its append-only KV cache, stepped as its
   Hugging Face ``prepare_inputs_for_generation`` does (latents capped at ``max_latents``, the oldest
@@ -67,6 +67,7 @@ def read_bandwidth(repeats: int = 5) -> float:
 
 
 def bench_perceivers(args, prompt: torch.Tensor) -> dict:
+    from perceivers.generation import generate
     from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
 
     config = PerceiverARConfig(
@@ -78,8 +79,8 @@ def bench_perceivers(args, prompt: torch.Tensor) -> dict:
     def run(new_tokens: int) -> tuple[float, list[float]]:
         stamps: list[float] = []
         t0 = time.perf_counter()
-        model.generate(prompt, max_new_tokens=new_tokens, cache_latents=args.cache_latents or 2 * args.latents,
-                       streamer=lambda token: stamps.append(time.perf_counter()))
+        generate(model, prompt, max_new_tokens=new_tokens, cache_latents=args.cache_latents or 2 * args.latents,
+                 streamer=lambda token: stamps.append(time.perf_counter()))
         return t0, stamps
 
     run(3)  # warm-up

@@ -93,6 +93,7 @@ class PerceiverARCache:
         self.cross = LayerKVCache(context_capacity)
         self.latents = [LayerKVCache(latent_capacity) for _ in range(num_layers)]
         self.num_tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_num_tokens = 0  # num_tokens.max() on the host, so that a decode step needs no device sync
 
     @classmethod
     def for_model(cls, model, *, batch_size: int, latent_capacity: int | None = None,
@@ -109,19 +110,23 @@ class PerceiverARCache:
 
     @property
     def is_empty(self) -> bool:
-        return self.cross.length == 0
+        return self.max_num_tokens == 0
 
-    def advance(self, lengths: Tensor) -> None:
-        """Called by the model after a forward pass that stored ``lengths: (B,)`` real tokens."""
+    def advance(self, lengths: Tensor, longest: int) -> None:
+        """Called by the model after a forward pass that stored ``lengths: (B,)`` real tokens, ``longest`` =
+        ``max(lengths)`` (known to the model on the host)."""
         self.num_tokens = self.num_tokens + lengths.to(self.num_tokens.device)
+        self.max_num_tokens += longest
 
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
         self.num_tokens = torch.zeros_like(self.num_tokens)
+        self.max_num_tokens = 0
 
     def reorder(self, index: Tensor) -> None:
-        """Keep/duplicate batch rows ``index: (B',)`` (beam search)."""
+        """Keep/duplicate batch rows ``index: (B',)`` (beam search; reads the new longest row on the host)."""
         for layer in self.layers:
             layer.reorder(index)
         self.num_tokens = self.num_tokens[index]
+        self.max_num_tokens = int(self.num_tokens.max()) if self.num_tokens.numel() else 0

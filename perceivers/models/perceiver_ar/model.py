@@ -30,6 +30,7 @@ from perceivers.core.validation import (
     ConfigBase,
     check_bools,
     check_choice,
+    check_float,
     check_int,
     check_prob,
     check_scale,
@@ -120,8 +121,7 @@ class PerceiverARConfig(ConfigBase):
         if self.position_grid is not None:
             fail("position_grid", self.position_grid, "None with rotary positions (rotary needs 1-D positions)")
         f = self.rotary_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
-            fail("rotary_fraction", f, "a float in (0, 1]")
+        check_float("rotary_fraction", f, minimum=0.0, maximum=1.0, min_inclusive=False)
         for heads, head_dim in self.head_dims().items():
             if rotary_channels(head_dim, f) < 2:
                 fail("rotary_fraction", f, f"at least one rotated pair of the {head_dim}-channel {heads} heads")
@@ -146,6 +146,37 @@ class PerceiverARConfig(ConfigBase):
             return (self.max_context_length + 1,)
         return tuple(g + 2 for g in self.position_grid)
 
+    @property
+    def num_positions(self) -> int | None:
+        """Tokens the absolute position tables cover (cached tokens included): ``max_context_length``, or
+        ``prod(position_grid) + 1`` (SOS and pixels); ``None`` for rotary positions (no limit)."""
+        if self.position_encoding == "rotary":
+            return None
+        if self.position_grid is None:
+            return self.max_context_length
+        return math.prod(self.position_grid) + 1
+
+    def debug_size(self) -> PerceiverARConfig:
+        """The same structure (position encoding, grid axes, activation, dropouts, context reduction) at test
+        size: at most 2 heads of 8 channels (more when ``rotary_fraction`` needs them for one rotated pair),
+        2 self-attention layers, widening 2, a context of at most 32 tokens (the grid cut to 2 per axis)
+        and at most 8 latents."""
+        heads_x, heads_z = min(2, self.num_cross_attend_heads), min(2, self.num_self_attend_heads)
+        head_dim = 8
+        while self.position_encoding == "rotary" and rotary_channels(head_dim, self.rotary_fraction) < 2:
+            head_dim += 2
+        grid = None if self.position_grid is None else tuple(min(g, 2) for g in self.position_grid)
+        context = min(self.max_context_length, 32 if grid is None else math.prod(grid) + 1)
+        return self.replace(
+            max_context_length=context, num_latents=min(self.num_latents, 8, context),
+            num_channels=heads_x * head_dim, num_latent_channels=heads_z * head_dim,
+            num_self_attend_layers=min(self.num_self_attend_layers, 2), num_cross_attend_heads=heads_x,
+            num_self_attend_heads=heads_z, cross_attend_widening_factor=min(self.cross_attend_widening_factor, 2),
+            self_attend_widening_factor=min(self.self_attend_widening_factor, 2), position_grid=grid,
+            max_wavelength=None if self.max_wavelength is None else
+            context * self.max_wavelength // self.max_context_length,
+            train_input_positions=min(self.train_input_positions, context // 2))
+
 
 class ARCache(Protocol):
     """What :meth:`PerceiverAR.forward` needs from a cache (see ``perceivers.generation.kv_cache``)."""
@@ -153,8 +184,10 @@ class ARCache(Protocol):
     cross: KVCacheLayer
     latents: Sequence[KVCacheLayer]
     num_tokens: Tensor  # (B,) real tokens stored so far per example
+    max_num_tokens: int  # num_tokens.max() kept on the host (0 = empty): read without a device sync
 
-    def advance(self, lengths: Tensor) -> None: ...
+    def advance(self, lengths: Tensor, longest: int) -> None:
+        """Count ``lengths: (B,)`` more real tokens per example, ``longest`` = ``max(lengths)``."""
 
 
 def latent_steps(lengths: Tensor, num_latents: int) -> Tensor:
@@ -170,6 +203,11 @@ def sinusoid_table(size: int, channels: int) -> Tensor:
     freqs = torch.exp(-torch.arange(half, dtype=torch.float32) * (math.log(1e4) / (half - 1)))
     angles = torch.arange(size, dtype=torch.float32)[:, None] * freqs  # (size, C/2)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def host_ranges(*tensors: Tensor) -> list[int]:
+    """``[min, max]`` of each integer tensor, read to the host together (one device sync)."""
+    return torch.stack([v.long() for t in tensors for v in torch.aminmax(t)]).tolist()
 
 
 def _take(x: Tensor, index: Tensor) -> Tensor:
@@ -234,8 +272,14 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
     # ------------------------------------------------------------------------------------------ inputs
 
     def _check_inputs(self, input_ids: Any, lengths: Any, num_latents: Any, cache: ARCache | None
-                      ) -> tuple[Tensor, int, bool]:
-        """Validate; returns ``(lengths (B,), N, decoding)``, ``decoding`` = a non-empty cache is given."""
+                      ) -> tuple[Tensor, int, int, bool]:
+        """Validate; returns ``(lengths (B,), N, longest, decoding)``: ``longest`` is ``max(lengths)`` on the
+        host, ``decoding`` whether a non-empty cache is given.
+
+        Values (id range, lengths, positions) are checked where the data enters: an uncached or cache-filling
+        call reads them with one device sync. A decode step (non-empty cache) is checked from shapes and the
+        cache's host counters alone, so it never waits for the device; its ids come from ``generate`` (or
+        whoever samples them), and an id outside the vocabulary fails in the embedding lookup."""
         c = self.config
         if not isinstance(input_ids, Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
@@ -246,30 +290,47 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
         b, m = input_ids.shape
         if cache is None and m > c.max_context_length:
             raise ValueError(f"input_ids has {m} positions, more than max_context_length={c.max_context_length}")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= c.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}]")
-        if lengths is None:
-            lengths = torch.full((b,), m, dtype=torch.long, device=input_ids.device)
-        elif not isinstance(lengths, Tensor) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must be an integer tensor (B,), got {lengths!r}")
-        elif tuple(lengths.shape) != (b,) or int(lengths.min()) < 1 or int(lengths.max()) > m:
-            raise ValueError(f"lengths must have shape ({b},) with values in [1, {m}], got {lengths.tolist()}")
-        lengths = lengths.to(device=input_ids.device, dtype=torch.long)
-        n = c.num_latents if num_latents is None else num_latents
-        decoding = cache is not None and not bool(cache.num_tokens.eq(0).all())
+        if lengths is not None:
+            if not isinstance(lengths, Tensor) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+                raise TypeError(f"lengths must be an integer tensor (B,), got {lengths!r}")
+            lengths = lengths.to(device=input_ids.device, dtype=torch.long)
+        if cache is not None:
+            self._check_cache(cache, b)
+        decoding = cache is not None and cache.max_num_tokens > 0
+        n = num_latents if num_latents is not None else m if decoding else c.num_latents
         if decoding:
-            if num_latents is None:
-                n = m
-            if n != m or int(lengths.min()) != m:
+            assert cache is not None
+            if n != m or (lengths is not None and (tuple(lengths.shape) != (b,) or host_ranges(lengths) != [m, m])):
                 raise ValueError(f"with a non-empty cache every one of the {m} new tokens is a latent and none is "
                                  f"padding: num_latents must be None or {m} (got {num_latents}) and lengths all {m}")
+            longest, total = m, cache.max_num_tokens + m
+        else:
+            if lengths is not None and tuple(lengths.shape) != (b,):
+                raise ValueError(f"lengths must have shape ({b},) with values in [1, {m}], got {lengths.tolist()}")
+            lo, hi, *span = host_ranges(input_ids, *([] if lengths is None else [lengths]))  # one device sync
+            if lo < 0 or hi >= c.vocab_size:
+                raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}]")
+            if span and (span[0] < 1 or span[1] > m):
+                raise ValueError(f"lengths must have shape ({b},) with values in [1, {m}], got {lengths.tolist()}")
+            longest = total = span[1] if span else m
         check_int("num_latents", n)
         if n > m:
             raise ValueError(f"num_latents={n} is larger than the sequence: input_ids has {m} positions")
-        if cache is not None:
-            self._check_cache(cache, b)
-        return lengths, n, decoding
+        self._check_positions(total)
+        if lengths is None:
+            lengths = torch.full((b,), m, dtype=torch.long, device=input_ids.device)
+        return lengths, n, longest, decoding
+
+    def _check_positions(self, total: int) -> None:
+        """``total``: the most tokens (cached plus new) of one example after this call."""
+        c = self.config
+        if c.num_positions is None or total <= c.num_positions:
+            return
+        if c.position_grid is not None:
+            raise ValueError(f"sequence of {total} tokens is longer than the position grid {c.position_grid} "
+                             f"(+1 SOS token)")
+        raise ValueError(f"positions exceed the position tables {c.position_table_sizes}: the sequence of {total} "
+                         f"tokens is longer than max_context_length={c.max_context_length}")
 
     def _check_cache(self, cache: ARCache, batch: int) -> None:
         if self.training:
@@ -281,26 +342,23 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
 
     def token_positions(self, index: Tensor, valid: Tensor) -> Tensor:
         """Data positions of 0-based token indices ``(B, M)``: ``(B, M)`` 1-based, or ``(B, M, D)`` grid
-        coordinates (SOS at 1, pixels from 2); 0 at padding."""
+        coordinates (SOS at 1, pixels from 2); 0 at padding. Valid indices must be below
+        ``config.num_positions`` (:meth:`forward` checks it)."""
         grid = self.config.position_grid
         if grid is None:
             return (index + 1) * valid
-        if int(index.masked_fill(~valid, 0).max()) > math.prod(grid):
-            raise ValueError(f"sequence longer than the position grid {grid} (+1 SOS token)")
         coords = torch.stack(torch.unravel_index((index - 1).clamp(min=0), grid), dim=-1) + 2  # (B, M, D)
         coords = torch.where((index == 0)[..., None], torch.ones_like(coords), coords)
         return coords * valid[..., None]
 
     def embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
-        """Token embeddings plus, for absolute positions, the summed position tables. ``-> (B, M, C)``."""
+        """Token embeddings plus, for absolute positions, the summed position tables (``positions`` from
+        :meth:`token_positions`). ``-> (B, M, C)``."""
         x = self.token_embedding(input_ids.long())
         if self.position_embeddings is None:
             return x
         rows = positions[..., None] if positions.dim() == 2 else positions  # (B, M, D)
         sizes = torch.tensor(self.config.position_table_sizes, device=rows.device)
-        if bool((rows >= sizes).any()):
-            raise ValueError(f"positions exceed the position tables {self.config.position_table_sizes}: "
-                             f"the sequence is longer than max_context_length={self.config.max_context_length}")
         offsets = sizes.cumsum(0) - sizes  # first row of each axis' table in the stacked tables
         return x + self.position_embeddings[rows + offsets].sum(dim=-2)
 
@@ -338,15 +396,14 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
         ``cache`` (evaluation only): an empty cache is filled from this call; with a non-empty cache,
         ``input_ids`` are the next tokens of every example (no padding) and each one is a latent.
         """
-        lengths, n, decoding = self._check_inputs(input_ids, lengths, num_latents, cache)
+        lengths, n, longest, decoding = self._check_inputs(input_ids, lengths, num_latents, cache)
         if decoding:
             assert cache is not None
             return self._decode(input_ids, lengths, cache)
         b, m = input_ids.shape
         index = torch.arange(m, device=input_ids.device).expand(b, m)  # (B, M)
         valid = index < lengths[:, None]
-        offset = cache.num_tokens.to(index.device)[:, None] if cache is not None else 0
-        positions = self.token_positions(index + offset, valid)  # (B, M) or (B, M, D)
+        positions = self.token_positions(index, valid)  # (B, M) or (B, M, D)
         x = self.embed(input_ids, positions)  # (B, M, C)
         steps = latent_steps(lengths, n)  # (B, N)
         take = steps.clamp(min=0)  # invalid latents read position 0 (their outputs are undefined)
@@ -365,7 +422,7 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
             z = layer(z, self_mask, rotary=z_rot, kv_cache=cache.latents[i] if caching else None,
                       kv_mask=steps >= 0 if caching else None)
         if caching:
-            cache.advance(lengths)
+            cache.advance(lengths, longest)
         return self.logits(self.final_norm(z))
 
     def _decode(self, input_ids: Tensor, lengths: Tensor, cache: ARCache) -> Tensor:
@@ -390,11 +447,16 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
         z = self.cross_attend(z, x, causal, q_rotary=q_rot, k_rotary=q_rot, kv_cache=cache.cross)
         for i, layer in enumerate(self.self_attends):
             z = layer(z, causal, rotary=z_rot, kv_cache=cache.latents[i])
-        cache.advance(lengths)
+        cache.advance(lengths, t)
         return self.logits(self.final_norm(z))
 
-    def generate(self, prompt: Any, **kwargs: Any) -> Any:
-        """Sample a continuation of ``prompt``: see :func:`perceivers.generation.generate.generate`."""
-        from perceivers.generation.generate import generate
-
-        return generate(self, prompt, **kwargs)
+    def example_inputs(self, batch_size: int = 2, *, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Random valid keyword arguments of ``forward``: ``input_ids: (B, max_context_length)`` and ``lengths``
+        with the last example one token shorter (right padding), when the context leaves room for the latents."""
+        c = self.config
+        device = self.token_embedding.weight.device
+        ids = torch.randint(0, c.vocab_size, (batch_size, c.max_context_length), generator=generator)
+        lengths = torch.full((batch_size,), c.max_context_length, dtype=torch.long)
+        if c.max_context_length > c.num_latents:
+            lengths[-1] -= 1
+        return {"input_ids": ids.to(device), "lengths": lengths.to(device)}

@@ -1,7 +1,8 @@
 """Registered Perceiver AR variants with their exact parameter counts.
 
 Counts include frozen position tables (as the official count does). The ImageNet 64x64 model is the
-released ``imagenet_w_positions`` sweep of ``experiment.py`` (perceiver-ar-and-hip.md §A.14).
+released ``imagenet_w_positions`` sweep of the official ``perceiver_ar/experiment.py``
+(docs/models.md#perceiver-ar-variants).
 """
 
 from __future__ import annotations
