@@ -1,6 +1,8 @@
-"""Generation: fixed-size KV caches, sampling filters and the decoding loop (models only accept a cache)."""
+"""Generation: ``generate(model, prompt, ...)``, fixed-size KV caches, sampling filters, beam search and the CPU
+decode layout; models only accept a cache."""
 
-from perceivers.generation.generate import CachedDecoder, GenerationOutput, generate
+from perceivers.generation.decoder import CachedDecoder, GenerationOutput
+from perceivers.generation.generate import generate
 from perceivers.generation.kv_cache import LayerKVCache, PerceiverARCache
 from perceivers.generation.sampling import (
     process_logits,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from perceivers.generation.generate import CachedDecoder, GenerationOutput
+from perceivers.generation.decoder import CachedDecoder, GenerationOutput
 
 
 def _select(top_scores: list[float], top_index: list[int], *, vocab: int, num_beams: int, eos: int | None,
