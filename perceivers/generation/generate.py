@@ -9,6 +9,7 @@ the weight layout of :mod:`perceivers.generation.layout`.
 A *prompt* longer than ``max_context_length`` is an error (``ValueError`` naming ``prompt``), never
 silently truncated: slice it yourself.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
