@@ -1,36 +1,48 @@
 """perceivers: the Perceiver family (Perceiver, Perceiver IO, Perceiver AR, HiP) in PyTorch."""
 
+from perceivers.decoders import (
+    DecoderConfig,
+    FlowDecoderConfig,
+    MultimodalDecoderConfig,
+)
+from perceivers.encoders import EncoderConfig
 from perceivers.models import create_model, from_pretrained, get_config, list_models
 from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
-from perceivers.models.perceiver_io.config import (
-    DecoderConfig,
-    EncoderConfig,
-    ImagePreprocessorConfig,
+from perceivers.models.perceiver_io import (
+    PerceiverIO,
+    PerceiverIOAudio,
     PerceiverIOConfig,
+    PerceiverIOFlow,
+    PerceiverIOLanguage,
+    PerceiverIOMultimodal,
 )
-from perceivers.models.perceiver_io.flow import PerceiverIOFlow
-from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
-from perceivers.models.perceiver_io.language import PerceiverIOLanguage
-from perceivers.models.perceiver_io.language_config import (
-    PerceiverIOLanguageConfig,
+from perceivers.preprocessors import (
+    FlowPreprocessorConfig,
+    ImagePreprocessorConfig,
+    ModalityConfig,
+    MultimodalPreprocessorConfig,
     TextPreprocessorConfig,
 )
-from perceivers.models.perceiver_io.model import PerceiverIO
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DecoderConfig",
     "EncoderConfig",
+    "FlowDecoderConfig",
+    "FlowPreprocessorConfig",
     "ImagePreprocessorConfig",
+    "ModalityConfig",
+    "MultimodalDecoderConfig",
+    "MultimodalPreprocessorConfig",
     "PerceiverAR",
     "PerceiverARConfig",
     "PerceiverIO",
+    "PerceiverIOAudio",
     "PerceiverIOConfig",
     "PerceiverIOFlow",
-    "PerceiverIOFlowConfig",
     "PerceiverIOLanguage",
-    "PerceiverIOLanguageConfig",
+    "PerceiverIOMultimodal",
     "TextPreprocessorConfig",
     "create_model",
     "from_pretrained",

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from perceivers.models.perceiver_io.config import (
+from perceivers import (
     DecoderConfig,
     EncoderConfig,
     ImagePreprocessorConfig,

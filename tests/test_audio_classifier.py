@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceivers import from_pretrained
+from perceivers import ModalityConfig, PerceiverIOConfig, from_pretrained
 from perceivers.layers.position import fourier_features, grid_positions
 from perceivers.models import create_model, get_config
-from perceivers.models.perceiver_io.multimodal_config import (
-    ModalityConfig,
-    PerceiverIOAudioConfig,
-)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +73,9 @@ def test_errors_and_config_validation(model):
         model(torch.zeros(2, 256, dtype=torch.long))
     cfg = get_config(DEBUG)
     with pytest.raises(ValueError, match="'audio'"):
-        PerceiverIOAudioConfig(preprocessor=ModalityConfig(kind="video"), encoder=cfg.encoder, decoder=cfg.decoder)
+        PerceiverIOConfig(preprocessor=ModalityConfig(kind="video"), encoder=cfg.encoder, decoder=cfg.decoder)
+    with pytest.raises(ValueError, match="mask_prob"):
+        cfg.replace(preprocessor={"mask_prob": 0.5})
     with pytest.raises(ValueError, match="classification"):
         cfg.replace(decoder={"type": "projection"})
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from conftest import randomize_
 
-from perceivers import create_model, from_pretrained
-from perceivers.models.perceiver_io.flow import PerceiverIOFlow
-from perceivers.models.perceiver_io.flow_config import (
+from perceivers import (
     FlowDecoderConfig,
     FlowPreprocessorConfig,
-    PerceiverIOFlowConfig,
+    PerceiverIOConfig,
+    PerceiverIOFlow,
+    create_model,
+    from_pretrained,
 )
 from perceivers.preprocessors.flow import (
     extract_flow_patches,
@@ -194,8 +195,11 @@ def test_config_validation():
     with pytest.raises(TypeError, match="chunk_size"):
         FlowDecoderConfig(chunk_size=1.5)
     with pytest.raises(ValueError, match="layout"):
-        PerceiverIOFlowConfig(encoder={"layout": "interleaved"})
-    with pytest.raises(TypeError, match="PerceiverIOFlowConfig"):
+        PerceiverIOConfig(preprocessor=FlowPreprocessorConfig(), decoder=FlowDecoderConfig(),
+                          encoder={"layout": "interleaved"})
+    with pytest.raises(ValueError, match="decoder.type"):
+        PerceiverIOConfig(preprocessor=FlowPreprocessorConfig())  # the default decoder classifies
+    with pytest.raises(TypeError, match="PerceiverIOConfig"):
         PerceiverIOFlow(FlowPreprocessorConfig())
 
 

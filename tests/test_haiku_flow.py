@@ -1,6 +1,6 @@
 """Official optical-flow Haiku parameters (``optical_flow_checkpoint.pystate`` layout) -> PerceiverIOFlow.
 
-The expected module names are written out here from the official naming rules (perceiver-io.md §14.2),
+The expected module names are written out here from the official naming rules (docs/checkpoints.md),
 not taken from the converter's table, and the synthetic trees carry the official shapes (Linear
 ``w [in, out]``, ``pos_embs [N, C]``, LayerNorm ``scale``/``offset``).
 """

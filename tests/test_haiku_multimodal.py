@@ -1,7 +1,7 @@
 """Official multimodal Haiku parameters (``video_autoencoding_checkpoint.pystate`` layout) -> PerceiverIOMultimodal.
 
-The expected module names and shapes are written out here from the official naming rules (perceiver-io.md
-§14.2, §10.5), not taken from the converter's table.
+The expected module names and shapes are written out here from the official naming rules
+(docs/checkpoints.md), not taken from the converter's table.
 """
 
 from __future__ import annotations

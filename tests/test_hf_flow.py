@@ -11,10 +11,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from perceivers import from_pretrained, get_config  # noqa: E402
+from perceivers import PerceiverIOFlow, from_pretrained, get_config  # noqa: E402
 from perceivers.cli.main import main  # noqa: E402
 from perceivers.converters.hf import convert_hf_folder, convert_to_hf_folder  # noqa: E402
-from perceivers.models.perceiver_io.flow import PerceiverIOFlow  # noqa: E402
 from perceivers.preprocessors.flow import extract_flow_patches  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,7 +1,7 @@
 """Numerical parity with HF ``transformers`` ``PerceiverForMaskedLM`` and ``PerceiverForSequenceClassification``.
 
 Small random-weight HF models are mapped with :func:`hf_to_perceivers_state_dict` and loaded strictly
-into :class:`PerceiverIOLanguage`. HF ignores the decoder query mask (perceiver-io.md §13 item 5) and
+into :class:`PerceiverIOLanguage`. HF ignores the decoder query mask (docs/checkpoints.md, HF-5) and
 always decodes ``max_position_embeddings`` queries (item 17), so MLM logits are compared at the real
 (non-padded) positions of a padded batch; padded positions are shown to differ.
 """
@@ -13,13 +13,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from perceivers.converters.hf_keys import hf_to_perceivers_state_dict  # noqa: E402
-from perceivers.models.perceiver_io.config import DecoderConfig, EncoderConfig  # noqa: E402
-from perceivers.models.perceiver_io.language import PerceiverIOLanguage  # noqa: E402
-from perceivers.models.perceiver_io.language_config import (  # noqa: E402
-    PerceiverIOLanguageConfig,
+from perceivers import (  # noqa: E402
+    DecoderConfig,
+    EncoderConfig,
+    PerceiverIOConfig,
+    PerceiverIOLanguage,
     TextPreprocessorConfig,
 )
+from perceivers.converters.hf_keys import hf_to_perceivers_state_dict  # noqa: E402
 from perceivers.preprocessors.text import BytesTokenizer  # noqa: E402
 
 TOL = 1e-5
@@ -44,7 +45,7 @@ def _randomised(model):
     return model.eval()
 
 
-def _our_config(mlm: bool) -> PerceiverIOLanguageConfig:
+def _our_config(mlm: bool) -> PerceiverIOConfig:
     if mlm:  # HF hard-codes the MLM decoder: 8 heads, qk 8*32, v = d_model, no query residual
         decoder = DecoderConfig(type="basic", num_outputs=262, output_index_dims=(MAX_LEN,), num_query_channels=D_MODEL,
                                 num_heads=8, qk_channels=256, v_channels=D_MODEL, use_query_residual=False,
@@ -52,7 +53,7 @@ def _our_config(mlm: bool) -> PerceiverIOLanguageConfig:
     else:
         decoder = DecoderConfig(type="classification", num_outputs=NUM_LABELS, num_query_channels=D_LATENTS,
                                 use_query_residual=True)
-    return PerceiverIOLanguageConfig(
+    return PerceiverIOConfig(
         preprocessor=TextPreprocessorConfig(vocab_size=262, num_channels=D_MODEL, max_seq_len=MAX_LEN),
         encoder=EncoderConfig(num_latents=NUM_LATENTS, num_latent_channels=D_LATENTS, num_blocks=1,
                               num_self_attends_per_block=SELF_LAYERS, num_cross_attend_heads=2,

@@ -74,7 +74,7 @@ def test_hf_compat_matches_hf_and_round_trips(saved, tmp_path):
     assert main(["convert", "hf", str(src), str(tmp_path / "ours"), "--hf-compat"]) == 0
     ours = from_pretrained(tmp_path / "ours")
     assert ours.num_parameters() == sum(p.numel() for p in hf.parameters())
-    assert ours.config.activation == "gelu" and ours.config.modalities["label"].mask_prob == 1.0
+    assert ours.config.activation == "gelu" and ours.config.preprocessor.modalities["label"].mask_prob == 1.0
     diffs = _compare(hf, ours, POINTS)
     print(f"{HEAD} small, HF vs ours (hf-compat): {diffs}")
     assert max(diffs.values()) <= TOL, diffs
@@ -104,8 +104,9 @@ def test_to_hf_refuses_what_hf_hard_codes(tmp_path):
     with pytest.raises(ValueError, match="bands"):
         convert_to_hf_folder(tmp_path / "debug", tmp_path / "out")
     cfg = create_model("perceiver-io-multimodal-kinetics", device="meta").config
-    renamed = cfg.replace(modalities={"video": cfg.modalities["image"], "audio": cfg.modalities["audio"],
-                                      "label": cfg.modalities["label"]})
+    mods = cfg.preprocessor.modalities
+    renamed = cfg.replace(preprocessor={"modalities": {"video": mods["image"], "audio": mods["audio"],
+                                                       "label": mods["label"]}})
     from perceivers.converters.hf import ours_config_to_hf
 
     with pytest.raises(ValueError, match="hard-codes the modalities"):

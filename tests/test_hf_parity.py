@@ -11,14 +11,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from perceivers.converters.hf_keys import hf_to_perceivers_state_dict  # noqa: E402
-from perceivers.models.perceiver_io.config import (  # noqa: E402
+from perceivers import (  # noqa: E402
     DecoderConfig,
     EncoderConfig,
     ImagePreprocessorConfig,
+    PerceiverIO,
     PerceiverIOConfig,
 )
-from perceivers.models.perceiver_io.model import PerceiverIO  # noqa: E402
+from perceivers.converters.hf_keys import hf_to_perceivers_state_dict  # noqa: E402
 
 TOL = 1e-5
 IMAGE_HW = (12, 20)  # non-square, so a transposed position grid would be caught

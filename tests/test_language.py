@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import randomize_
 
-from perceivers import from_pretrained
-from perceivers.models import create_model, get_config, get_entry
-from perceivers.models.perceiver_io.language import PerceiverIOLanguage
-from perceivers.models.perceiver_io.language_config import (
-    PerceiverIOLanguageConfig,
+from perceivers import (
+    PerceiverIOConfig,
+    PerceiverIOLanguage,
     TextPreprocessorConfig,
+    from_pretrained,
 )
+from perceivers.models import create_model, get_config, get_entry
 from perceivers.preprocessors.text import MASK_ID, BytesTokenizer, TextPreprocessor
 
 MULTILINGUAL = [
@@ -160,7 +160,7 @@ def test_save_and_load_roundtrip(tmp_path):
     ids = torch.randint(0, 262, (2, 9))
     with torch.no_grad():
         assert torch.equal(model(ids), loaded(ids))
-    assert PerceiverIOLanguageConfig.from_dict(model.config.to_dict()) == model.config
+    assert PerceiverIOConfig.from_dict(model.config.to_dict()) == model.config
 
 
 def test_config_errors():
@@ -175,8 +175,10 @@ def test_config_errors():
         cfg.replace(decoder={"type": "projection", "final_project": True})
     with pytest.raises(ValueError, match="layout"):
         cfg.replace(encoder={"layout": "interleaved"})
-    with pytest.raises(TypeError, match="PerceiverIOLanguageConfig"):
+    with pytest.raises(TypeError, match="PerceiverIOConfig"):
         PerceiverIOLanguage(object())
+    with pytest.raises(ValueError, match="returns a PerceiverIOFlow"):
+        PerceiverIOLanguage(get_config("perceiver-io-flow-debug"))
 
 
 def test_input_errors():

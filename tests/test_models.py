@@ -14,6 +14,7 @@ from perceivers.decoders.basic import (
     ClassificationDecoder,
     ProjectionDecoder,
 )
+from perceivers.encoders import PerceiverEncoder
 from perceivers.layers.attention import Attention
 from perceivers.layers.blocks import MLP
 from perceivers.layers.position import (
@@ -22,7 +23,6 @@ from perceivers.layers.position import (
     subsampled_positions,
 )
 from perceivers.models import get_entry
-from perceivers.models.perceiver_io.encoder import PerceiverEncoder
 
 TRUNC_STD = 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
 
@@ -289,7 +289,7 @@ def test_every_registered_variant_builds_on_meta_with_its_count():
 
 
 def test_imagenet_component_counts():
-    """Reference breakdown (perceiver-io.md §10.1) for the Fourier model."""
+    """Reference breakdown (docs/models.md, "Parameter breakdown") for the Fourier model."""
     m = create_model("perceiver-io-imagenet-fourier", device="meta")
     count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
     assert m.config.input_channels == 261

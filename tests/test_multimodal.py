@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from perceivers import from_pretrained
+from perceivers import (
+    ModalityConfig,
+    MultimodalPreprocessorConfig,
+    PerceiverIOMultimodal,
+    from_pretrained,
+)
 from perceivers.layers.position import fourier_features, grid_positions
 from perceivers.models import create_model, get_config
-from perceivers.models.perceiver_io.multimodal import PerceiverIOMultimodal
-from perceivers.models.perceiver_io.multimodal_config import (
-    ModalityConfig,
-    PerceiverIOMultimodalConfig,
-)
-from perceivers.preprocessors.multimodal import video_space_to_depth
+from perceivers.preprocessors.modality import video_space_to_depth
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,9 +38,9 @@ def model():
 def test_released_counts_and_widths():
     m = create_model("perceiver-io-multimodal-kinetics", device="meta")
     assert m.num_parameters() == 19_858_855
-    c = m.config
+    c = m.config.preprocessor
     assert list(c.modalities) == ["audio", "image", "label"]
-    assert (c.input_width, c.query_width) == (704, 1026)
+    assert (c.input_width, m.config.decoder.query_width(c.modalities)) == (704, 1026)
     assert {n: tuple(p.shape) for n, p in m.preprocessor.padding.items()} == \
         {"audio": (1, 303), "image": (1, 461), "label": (1, 4)}
     assert {n: tuple(p.shape) for n, p in m.decoder.query_padding.items()} == \
@@ -67,9 +67,10 @@ def test_video_patch_order_is_dt_dh_dw_c():
 def test_tokens_padding_masking_and_sorted_order(model):
     x = _inputs()
     tokens, sizes, feats = model.preprocessor(x)
-    assert sizes == {"audio": 16, "image": 8, "label": 1} and tokens.shape == (2, 25, model.config.input_width)
+    common = model.config.preprocessor.input_width
+    assert sizes == {"audio": 16, "image": 8, "label": 1} and tokens.shape == (2, 25, common)
     audio, image, label = tokens.split([16, 8, 1], dim=1)  # sorted names: audio, image, label
-    cfg = model.config.modalities
+    cfg = model.config.preprocessor.modalities
     pos = fourier_features(grid_positions((16,)), num_bands=4, max_resolution=(64,))  # max resolution = samples
     torch.testing.assert_close(audio[0], torch.cat([x["audio"][0].reshape(16, 4), pos,
                                                     model.preprocessor.padding["audio"].expand(16, -1)], -1))
@@ -92,6 +93,27 @@ def test_mask_probability_override_and_generator(model):
     assert torch.equal(tokens, again)
     unmasked, _, _ = model.preprocessor(x, mask_probs={"label": 0.0})
     assert torch.equal(unmasked[:, 24, :5], x["label"])
+
+
+def test_explicit_mask_chooses_the_masked_tokens(model):
+    x = _inputs()
+    hidden = torch.zeros(2, 8, dtype=torch.bool)
+    hidden[0, [1, 5]] = True
+    tokens, _, _ = model.preprocessor(x, mask={"image": hidden, "label": torch.tensor([[False], [True]])})
+    image = tokens[:, 16:24]
+    assert torch.equal((image == model.preprocessor.mask_token["image"]).all(-1), hidden)
+    plain, _, _ = model.preprocessor(x, mask_probs={"label": 0.0})
+    assert torch.equal(tokens[1, 24], model.preprocessor.mask_token["label"][0])
+    assert torch.equal(tokens[0, 24], plain[0, 24]) and torch.equal(image[:, 0], plain[:, 16])
+    with torch.no_grad():  # no mask hidden == probability 0
+        torch.testing.assert_close(model(x, mask={"image": torch.zeros(2, 8, dtype=torch.bool)}),
+                                   model(x, mask_probs={"image": 0.0}), rtol=0, atol=0)
+    for mask, probs, exc, match in [({"image": hidden[:, :4]}, None, ValueError, r"\(B, M_m\)=\(2, 8\)"),
+                                    ({"image": hidden.long()}, None, TypeError, "bool"),
+                                    ({"other": hidden}, None, ValueError, "without a mask token"),
+                                    ({"image": hidden}, {"image": 0.5}, ValueError, "both mask and mask_probs")]:
+        with pytest.raises(exc, match=match):
+            model(x, mask=mask, mask_probs=probs)
 
 
 def test_label_is_masked_so_the_autoencoder_classifies(model):
@@ -133,8 +155,9 @@ def test_shapes_subsampling_and_chunked_decoding(model):
 
 def test_generic_modality_names():
     cfg = get_config(DEBUG)
-    mods = cfg.modalities
-    renamed = cfg.replace(modalities={"zz_wave": mods["audio"], "cam": mods["image"], "aa_class": mods["label"]})
+    mods = cfg.preprocessor.modalities
+    renamed = cfg.replace(preprocessor={"modalities": {"zz_wave": mods["audio"], "cam": mods["image"],
+                                                       "aa_class": mods["label"]}})
     torch.manual_seed(0)
     model = PerceiverIOMultimodal(renamed).eval()
     x = _inputs()
@@ -146,7 +169,7 @@ def test_generic_modality_names():
     assert list(out) == ["aa_class", "cam", "zz_wave"] and out["cam"].shape == (2, 4, 3)
     assert "preprocessor.mask_token.aa_class" in model.state_dict() and "decoder.queries.aa_class.pos_embs" in \
         model.state_dict()
-    video_only = cfg.replace(modalities={"clip": mods["image"].replace(mask_prob=None)})
+    video_only = cfg.replace(preprocessor={"modalities": {"clip": mods["image"].replace(mask_prob=None)}})
     assert PerceiverIOMultimodal(video_only)({"clip": x["image"]})["clip"].shape == (2, 2, 8, 8, 3)
 
 
@@ -201,11 +224,16 @@ def test_config_validation():
     with pytest.raises(ValueError, match="3 entries"):
         ModalityConfig(kind="video", max_resolution=(16, 56))
     with pytest.raises(ValueError, match="identifiers"):
-        PerceiverIOMultimodalConfig(modalities={"my video": ModalityConfig(kind="video")})
+        MultimodalPreprocessorConfig(modalities={"my video": ModalityConfig(kind="video")})
     with pytest.raises(ValueError, match="ModuleDict"):
-        PerceiverIOMultimodalConfig(modalities={"keys": ModalityConfig(kind="label")})
+        MultimodalPreprocessorConfig(modalities={"keys": ModalityConfig(kind="label")})
     with pytest.raises(TypeError, match="non-empty dict"):
-        PerceiverIOMultimodalConfig(modalities={})
+        MultimodalPreprocessorConfig(modalities={})
+    cfg = get_config(DEBUG)
+    with pytest.raises(ValueError, match="decoder.type"):
+        cfg.replace(decoder={"type": "classification", "num_outputs": 5})
+    with pytest.raises(ValueError, match="layout"):
+        cfg.replace(encoder={"layout": "interleaved"})
 
 
 def test_save_and_load_round_trip(model, tmp_path):

@@ -186,8 +186,7 @@ def test_position_encoder_errors():
 
 def test_standalone_tables_are_initialised_on_construction():
     """Tables built outside a full model hold the official init, not uninitialised memory."""
-    from perceivers.models.perceiver_io.config import EncoderConfig
-    from perceivers.models.perceiver_io.encoder import PerceiverEncoder
+    from perceivers.encoders import EncoderConfig, PerceiverEncoder
 
     for table in (TrainablePositionEncoding(4096, 16).pos_embs,
                   PerceiverEncoder(EncoderConfig(num_latents=256, num_latent_channels=64, num_self_attend_heads=4,

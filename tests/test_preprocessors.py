@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from conftest import randomize_, tiny_prep
 
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models.perceiver_io.config import prep_grid
 from perceivers.preprocessors.image import (
     ImagePreprocessor,
+    prep_grid,
     space_to_depth,
     tf_same_padding,
 )

@@ -29,6 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceivers.models.hub import load_state_dict_strict
+from perceivers.models.perceiver_io.config import PerceiverIOConfig
+from perceivers.models.registry import create_model
+
 ModuleRow = tuple[str, str, str]  # (haiku module path, our module prefix, kind)
 
 _LINEARS = (("attention/linear", "attention.q_proj"), ("attention/linear_1", "attention.k_proj"),
@@ -112,6 +116,47 @@ def flow_rows(num_self_attends_per_block: int) -> list[ModuleRow]:
             (f"{hk}/output", "decoder.output", "linear")]
 
 
+#: Our modality kind -> official postprocessor module name.
+POSTPROCESSOR_NAMES = {"audio": "audio_postprocessor", "video": "projection_postprocessor",
+                       "label": "classification_postprocessor"}
+
+
+def multimodal_rows(config: PerceiverIOConfig) -> list[ModuleRow]:
+    """Official multimodal autoencoder (``video_autoencoding_checkpoint.pystate``); names (docs/checkpoints.md,
+    "Haiku naming rules") for modality ``{m}`` of the config's multimodal preprocessor:
+
+    - ``multimodal_preprocessor/{m}_padding/pos_embs`` ``[1, C_common - C_m]`` and
+      ``multimodal_preprocessor/{m}_mask_token/pos_embs`` ``[1, C_common]`` (modalities with a mask token);
+    - the encoder under ``encoder`` (the colab names it so, not ``perceiver_encoder``);
+    - ``multimodal_decoder/~/basic_decoder/cross_attention/...`` and ``.../basic_decoder/output`` (``w [C_q, C_out]``);
+    - ``multimodal_decoder/~decoder_query/{m}_padding/pos_embs`` ``[1, C_q - C_q,m]``;
+    - the label query at top level, ``classification_decoder/~/basic_decoder/~/trainable_position_encoding/pos_embs``
+      ``[1, C_label_query]`` (the colab builds the sub-decoders outside the multimodal decoder);
+    - output layers named by class, not modality: ``audio_postprocessor/linear`` (audio),
+      ``projection_postprocessor/linear`` (video), ``classification_postprocessor/linear`` (label).
+
+    Haiku numbers repeated module names ``_1``, ``_2`` in creation order; with two modalities of one kind we
+    assume they were created in sorted name order (the released model has one of each).
+    """
+    rows: list[ModuleRow] = []
+    seen: dict[str, int] = {}
+    for name, m in config.preprocessor.modalities.items():  # sorted names
+        rows.append((f"multimodal_preprocessor/{name}_padding", f"preprocessor.padding.{name}", "table"))
+        if m.mask_prob is not None:
+            rows.append((f"multimodal_preprocessor/{name}_mask_token", f"preprocessor.mask_token.{name}", "table"))
+        rows.append((f"multimodal_decoder/~decoder_query/{name}_padding", f"decoder.query_padding.{name}", "table"))
+        k = seen.get(m.kind, 0)
+        seen[m.kind] = k + 1
+        if m.kind == "label":
+            rows.append((f"classification_decoder{haiku_suffix(k)}/~/basic_decoder/~/trainable_position_encoding",
+                         f"decoder.queries.{name}.pos_embs", "table"))
+        rows.append((f"{POSTPROCESSOR_NAMES[m.kind]}{haiku_suffix(k)}/linear", f"postprocessors.{name}", "linear"))
+    rows += encoder_rows(config.encoder.num_self_attends_per_block, scope="encoder")
+    rows += cross_attention_rows("multimodal_decoder/~/basic_decoder/cross_attention", "decoder.cross_attend")
+    rows.append(("multimodal_decoder/~/basic_decoder/output", "decoder.output", "linear"))
+    return rows
+
+
 _KIND_PARAMS: dict[str, dict[str, str]] = {
     "linear": {"w": "weight", "b": "bias"}, "conv": {"w": "weight", "b": "bias"},
     "layer_norm": {"scale": "weight", "offset": "bias"}, "batchnorm": {"scale": "weight", "offset": "bias"},
@@ -164,8 +209,6 @@ def convert_tree(tree: Mapping[str, Mapping[str, np.ndarray]], rows: list[Module
 def load_into(model: torch.nn.Module, converted: dict[str, Tensor], *, source: str) -> None:
     """Strictly load converted tensors; buffers without an official counterpart
     (BatchNorm ``num_batches_tracked``) keep the model's values."""
-    from perceivers.models.hub import load_state_dict_strict
-
     state = dict(converted)
     for key, value in model.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in state:
@@ -269,28 +312,20 @@ def guess_model_name(params: Mapping[str, object]) -> str:
     return "perceiver-io-imagenet-fourier"
 
 
-def model_rows(config) -> list[ModuleRow]:
-    """The module table for a ``PerceiverIOConfig`` (ImageNet-style classifiers), a language MLM, flow or
-    multimodal config."""
-    from perceivers.models.perceiver_io.config import PerceiverIOConfig
-    from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
-    from perceivers.models.perceiver_io.language_config import PerceiverIOLanguageConfig
-    from perceivers.models.perceiver_io.multimodal_config import (
-        PerceiverIOMultimodalConfig,
-    )
-
-    if isinstance(config, PerceiverIOMultimodalConfig):
-        from perceivers.converters.haiku_multimodal import multimodal_rows
-
+def model_rows(config: PerceiverIOConfig) -> list[ModuleRow]:
+    """The module table for a Perceiver IO config: an ImageNet-style image classifier, the language MLM, optical
+    flow or the multimodal autoencoder (chosen by its preprocessor)."""
+    kind = config.preprocessor_type if isinstance(config, PerceiverIOConfig) else "other"
+    if kind == "multimodal":
         return multimodal_rows(config)
-    if isinstance(config, PerceiverIOLanguageConfig) and config.is_mlm:
+    if kind == "text" and config.is_mlm:
         return language_mlm_rows(config.encoder.num_self_attends_per_block)
-    if isinstance(config, PerceiverIOFlowConfig):
+    if kind == "flow":
         return flow_rows(config.encoder.num_self_attends_per_block)
-    if not isinstance(config, PerceiverIOConfig) or config.decoder.type != "classification" \
-            or config.encoder.layout != "io" or config.preprocessor is None:
+    if kind != "image" or config.decoder.type != "classification" or config.encoder.layout != "io":
         raise ValueError("Haiku conversion supports Perceiver IO image classifiers (io encoder, classification "
-                         "decoder, image preprocessor)")
+                         "decoder, image preprocessor), the language MLM, optical flow and the multimodal "
+                         "autoencoder")
     p = config.preprocessor
     return (image_preprocessor_rows(p.prep_type, p.position_encoding, p.project_pos_dim)
             + encoder_rows(config.encoder.num_self_attends_per_block) + classification_decoder_rows())
@@ -299,8 +334,6 @@ def model_rows(config) -> list[ModuleRow]:
 def convert_haiku_file(path: str | Path, model_name: str | None = None, **overrides):
     """Build the registered model for an official parameter file and load its weights (and BatchNorm
     statistics) strictly. Returns the model in eval mode."""
-    from perceivers.models.registry import create_model
-
     params, state = load_haiku_pickle(path)
     name = model_name or guess_model_name(params)
     model = create_model(name, device="meta", **overrides)

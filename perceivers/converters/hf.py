@@ -11,7 +11,8 @@ explicit functions below. Supported heads: ``PerceiverForImageClassificationFour
 ``PerceiverForMultimodalAutoencoding`` (key table and config translation in
 :mod:`perceivers.converters.hf_multimodal`).
 
-Semantics (perceiver-io.md §13): by default a converted model keeps the OFFICIAL DeepMind computation:
+Semantics (items HF-n of docs/checkpoints.md, "Where we differ from Hugging Face transformers"):
+by default a converted model keeps the OFFICIAL DeepMind computation:
 
 - tanh-approximated GELU (``activation='gelu_tanh'``), whatever HF's ``hidden_act`` says (HF defaults
   to exact GELU, item 1);
@@ -52,19 +53,16 @@ from perceivers.converters.hf_multimodal import (
     multimodal_config_to_hf,
 )
 from perceivers.core.files import atomic_write, read_json_object, write_json
-from perceivers.models.hub import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict
-from perceivers.models.perceiver_io.config import (
-    DecoderConfig,
-    EncoderConfig,
-    ImagePreprocessorConfig,
-    PerceiverIOConfig,
+from perceivers.decoders import DecoderConfig
+from perceivers.encoders import EncoderConfig
+from perceivers.models.hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    from_pretrained,
+    load_state_dict_strict,
 )
-from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
-from perceivers.models.perceiver_io.language_config import (
-    PerceiverIOLanguageConfig,
-    TextPreprocessorConfig,
-)
-from perceivers.models.perceiver_io.multimodal_config import PerceiverIOMultimodalConfig
+from perceivers.models.perceiver_io import PerceiverIO, PerceiverIOConfig
+from perceivers.preprocessors import ImagePreprocessorConfig, TextPreprocessorConfig
 
 FOURIER = "PerceiverForImageClassificationFourier"
 LEARNED = "PerceiverForImageClassificationLearned"
@@ -160,7 +158,7 @@ def _text_preprocessor(hf: dict[str, Any]) -> TextPreprocessorConfig:
                                   max_seq_len=_get(hf, "max_position_embeddings"))
 
 
-def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[str, PerceiverIOConfig | PerceiverIOLanguageConfig]:
+def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[str, PerceiverIOConfig]:
     """Translate an HF ``config.json`` dict: ``(architecture, our config)``. See the module docstring for
     the faithful default versus ``hf_compat=True``."""
     arch = hf_architecture(hf)
@@ -187,7 +185,7 @@ def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[s
         prep = ImagePreprocessorConfig(image_size=(size, size), in_channels=3, prep_type="conv1x1", spatial_downsample=1,
                                        num_channels=c, position_encoding="trainable", trainable_pos_channels=c,
                                        project_pos_dim=c, concat_or_add_pos="concat")
-        # Official: no query residual in this decoder (§13 item 6); HF: True.
+        # Official: no query residual in this decoder (docs/checkpoints.md, HF-6); HF: True.
         return arch, PerceiverIOConfig(preprocessor=prep, encoder=encoder, activation=activation,
                                        decoder=_classification_decoder(hf, use_query_residual=hf_compat))
     text = _text_preprocessor(hf)
@@ -198,7 +196,7 @@ def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[s
                                 position_encoding="trainable", num_query_channels=text.num_channels,
                                 num_heads=_HF_MLM_HEADS, qk_channels=_HF_MLM_QK, v_channels=text.num_channels,
                                 use_query_residual=False, final_project=False)
-    return arch, PerceiverIOLanguageConfig(preprocessor=text, encoder=encoder, decoder=decoder, activation=activation)
+    return arch, PerceiverIOConfig(preprocessor=text, encoder=encoder, decoder=decoder, activation=activation)
 
 
 # ----------------------------------------------------------------------------- our config -> HF
@@ -232,12 +230,15 @@ def _check_hf_classification_decoder(dec: DecoderConfig, latent_channels: int) -
              "learned-position model has none: convert it from HF with --hf-compat to get an HF-equivalent one)")
 
 
-def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig | PerceiverIOFlowConfig) -> dict[str, Any]:
+def ours_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
     """Our config -> an HF ``config.json`` dict (``architectures`` set); ``ValueError`` if HF cannot express it."""
+    if not isinstance(config, PerceiverIOConfig):
+        raise TypeError(f"expected a PerceiverIOConfig, got {type(config).__name__}")
     fields = _hf_encoder_fields(config.encoder, config.activation)
     dec = config.decoder
     latent = config.encoder.num_latent_channels
-    if isinstance(config, PerceiverIOLanguageConfig):
+    kind = config.preprocessor_type
+    if kind == "text":
         p = config.preprocessor
         fields.update(d_model=p.num_channels, vocab_size=p.vocab_size, max_position_embeddings=p.max_seq_len)
         if config.is_mlm:
@@ -249,7 +250,7 @@ def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig | Pe
         else:
             _check_hf_classification_decoder(dec, latent)
             arch = SEQ_CLS
-    elif isinstance(config, PerceiverIOConfig):
+    elif kind in (None, "image"):
         p = config.preprocessor
         _require(p is not None and p.in_channels == 3 and p.concat_or_add_pos == "concat",
                  "HF image classifiers take RGB images and concatenate positions")
@@ -281,16 +282,16 @@ def ours_config_to_hf(config: PerceiverIOConfig | PerceiverIOLanguageConfig | Pe
             raise ValueError(f"cannot express this model as an HF transformers Perceiver: prep_type={p.prep_type!r} "
                              f"with {p.position_encoding!r} positions (supported: pixels+fourier, conv1x1+trainable, conv+fourier)")
         fields["image_size"] = h
-    elif isinstance(config, PerceiverIOFlowConfig):
+    elif kind == "flow":
         fields.update(flow_fields_for_hf(config))
         arch = FLOW
-    elif isinstance(config, PerceiverIOMultimodalConfig):
+    elif kind == "multimodal":
         fields.update(multimodal_config_to_hf(config))
         arch = MULTIMODAL
     else:
-        raise TypeError(f"expected a PerceiverIOConfig, PerceiverIOLanguageConfig or PerceiverIOFlowConfig, "
-                        f"got {type(config).__name__}")
-    if getattr(dec, "type", None) == "classification":
+        raise ValueError(f"cannot express this model as an HF transformers Perceiver: HF has no {kind!r} "
+                         f"preprocessor")
+    if dec.type == "classification":
         fields["id2label"] = {str(i): f"LABEL_{i}" for i in range(dec.num_outputs)}
         fields["label2id"] = {f"LABEL_{i}": i for i in range(dec.num_outputs)}
     return {"architectures": [arch], "model_type": "perceiver", **fields}
@@ -333,7 +334,7 @@ def _undo_transpose(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Swap the two spatial axes of the HF conv classifier's 7x7 kernel: ``(O, I, W, H) -> (O, I, H, W)``.
 
     HF's original converter reversed all axes of the Haiku HWIO kernel, so ``deepmind/vision-perceiver-conv``
-    holds a spatially transposed kernel (perceiver-io.md §13 item 8). Returns a new dict; other tensors
+    holds a spatially transposed kernel (docs/checkpoints.md, HF-8). Returns a new dict; other tensors
     are the same objects. ``ValueError`` if the state has no 4-D conv kernel.
     """
     kernel = state.get(_HF_CONV_KERNEL)
@@ -353,11 +354,6 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
     classifier's kernel axes back (for ``deepmind/vision-perceiver-conv``; see the module docstring). Raises ``FileNotFoundError`` for missing files and ``ValueError``
     for an unsupported architecture or missing / unexpected / mis-shaped tensors.
     """
-    from perceivers.models.perceiver_io.flow import PerceiverIOFlow
-    from perceivers.models.perceiver_io.language import PerceiverIOLanguage
-    from perceivers.models.perceiver_io.model import PerceiverIO
-    from perceivers.models.perceiver_io.multimodal import PerceiverIOMultimodal
-
     hf, hf_state = read_hf_folder(src)
     arch, config = hf_config_to_ours(hf, hf_compat=hf_compat)
     if undo_hf_kernel_transpose:
@@ -365,12 +361,10 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
             raise ValueError(f"{src}: undo_hf_kernel_transpose applies only to {CONV}, not {arch}")
         hf_state = _undo_transpose(hf_state)
     mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=config.encoder.num_self_attends_per_block)
-    cls = {PerceiverIOLanguageConfig: PerceiverIOLanguage, PerceiverIOFlowConfig: PerceiverIOFlow,
-           PerceiverIOMultimodalConfig: PerceiverIOMultimodal}.get(type(config), PerceiverIO)
     try:
         state = map_state_dict(hf_state, mapping, source=f"HF {arch}")
         with torch.device("meta"):
-            model = cls(config)
+            model = PerceiverIO(config)  # the task class the config names
         load_state_dict_strict(model, state, source=f"{src} ({arch})")
     except ValueError as exc:  # one line: the table/loader errors list one key per line
         raise ValueError(f"{src}: " + "; ".join(line.strip() for line in str(exc).splitlines())) from exc
@@ -381,8 +375,6 @@ def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path
     """Write our folder ``src`` as an HF folder (``config.json`` + ``model.safetensors``) loadable by
     ``transformers``' ``from_pretrained``."""
     from safetensors.torch import save_file
-
-    from perceivers.models import from_pretrained
 
     model = from_pretrained(src)
     hf = ours_config_to_hf(model.config)

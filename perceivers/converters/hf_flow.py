@@ -1,4 +1,5 @@
-"""HF ``transformers`` ``PerceiverForOpticalFlow`` configs <-> :class:`PerceiverIOFlowConfig`.
+"""HF ``transformers`` ``PerceiverForOpticalFlow`` configs <-> flow :class:`PerceiverIOConfig` (flow preprocessor
+and decoder).
 
 HF hard-codes most of the flow model (``modeling_perceiver.PerceiverForOpticalFlow``): inputs are
 precomputed patches ``(B, 2, 27, H, W)`` (3x3 patches of 3-channel frames; HF ships no extraction
@@ -6,7 +7,7 @@ function, ours is :func:`perceivers.preprocessors.flow.extract_flow_patches`), `
 64 Fourier bands with ``max_resolution = config.train_size``, a 1-head decoder without query residual,
 ``Linear(-> 2)``, output divided by 100. Config fields used: the encoder fields and ``train_size``.
 
-Differences that change numbers (perceiver-io.md §13):
+Differences that change numbers (items HF-n of docs/checkpoints.md):
 
 - output scale (item 14): the official colab multiplies the model output by ``FLOW_SCALE_FACTOR = 20``
   (flow in pixels); HF returns the output without it (pixels / 20). Faithful default
@@ -23,13 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from perceivers.models.perceiver_io.config import EncoderConfig
-from perceivers.models.perceiver_io.flow_config import (
-    FLOW_TRAIN_SIZE,
-    FlowDecoderConfig,
-    FlowPreprocessorConfig,
-    PerceiverIOFlowConfig,
-)
+from perceivers.decoders.flow import FlowDecoderConfig
+from perceivers.encoders import EncoderConfig
+from perceivers.models.perceiver_io.config import PerceiverIOConfig
+from perceivers.preprocessors.flow import FLOW_TRAIN_SIZE, FlowPreprocessorConfig
 
 FLOW = "PerceiverForOpticalFlow"
 #: What HF's flow preprocessor hard-codes (2 frames of 3x3 patches of RGB = 54 -> 64 channels, 64 bands).
@@ -44,7 +42,7 @@ def _decoder_qk(shape_for_attn: str, latent_channels: int, query_channels: int) 
 
 
 def flow_config_from_hf(hf: dict[str, Any], *, encoder: EncoderConfig, activation: str,
-                        hf_compat: bool) -> PerceiverIOFlowConfig:
+                        hf_compat: bool) -> PerceiverIOConfig:
     """An HF ``PerceiverForOpticalFlow`` ``config.json`` dict -> our config (``encoder``/``activation`` already
     translated by the caller). ``hf_compat`` sets ``flow_scale_factor=1.0`` (HF's raw output)."""
     size = hf.get("train_size", list(FLOW_TRAIN_SIZE))
@@ -56,10 +54,10 @@ def flow_config_from_hf(hf: dict[str, Any], *, encoder: EncoderConfig, activatio
     qk = prep.output_channels if encoder.cross_attention_shape_for_attn == "q" else None
     decoder = FlowDecoderConfig(qk_channels=qk, v_channels=qk, flow_scale_factor=1.0 if hf_compat else 20.0,
                                 **HF_FLOW_DECODER)
-    return PerceiverIOFlowConfig(preprocessor=prep, encoder=encoder, decoder=decoder, activation=activation)
+    return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=decoder, activation=activation)
 
 
-def flow_fields_for_hf(config: PerceiverIOFlowConfig) -> dict[str, Any]:
+def flow_fields_for_hf(config: PerceiverIOConfig) -> dict[str, Any]:
     """The flow-specific HF config fields (``train_size``, ``d_model``); ``ValueError`` naming what HF cannot
     express (other patch / channel / band settings, decoder heads, query residual, ...)."""
     p, dec, enc = config.preprocessor, config.decoder, config.encoder

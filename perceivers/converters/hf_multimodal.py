@@ -1,7 +1,7 @@
 """HF ``PerceiverForMultimodalAutoencoding`` <-> our ``PerceiverIOMultimodal``.
 
-HF hard-codes the modality names ``audio``, ``image``, ``label`` and their processing (perceiver-io.md §13
-item 19: ``PerceiverModel.forward`` reads ``subsampled_output_points["audio"]`` and ``["image"]``); ours
+HF hard-codes the modality names ``audio``, ``image``, ``label`` and their processing (docs/checkpoints.md,
+HF-19: ``PerceiverModel.forward`` reads ``subsampled_output_points["audio"]`` and ``["image"]``); ours
 takes any names from the configuration, so a model goes to HF only with exactly those three modalities,
 of kinds audio / video / label, in HF's fixed settings (audio 192 bands over ``num_frames *
 audio_samples_per_frame`` samples; video 1x4x4 patches, 32 bands, max resolution ``(num_frames, image_size,
@@ -11,7 +11,7 @@ label 1).
 Numbers: the only HF deviations that reach these outputs are the activation (``hidden_act``, exact GELU by
 default; official tanh GELU unless ``hf_compat``) and attention-probability dropout (training only). HF also
 drops the decoder query mask, as the official ``MultimodalDecoder`` does, so nothing differs there; HF cannot
-decode the full grid without subsampling (§13 item 11: it takes the channel axis as the index grid), ours can.
+decode the full grid without subsampling (HF-11: it takes the channel axis as the index grid), ours can.
 
 Key table (tensors unchanged, both sides PyTorch): ``perceiver.input_preprocessor.padding.{m}`` ->
 ``preprocessor.padding.{m}`` ``(1, C_common - C_m)``; ``...input_preprocessor.mask.{m}`` ->
@@ -33,12 +33,11 @@ from perceivers.converters.hf_keys import (
     KeyRow,
     prefixed,
 )
-from perceivers.models.perceiver_io.config import EncoderConfig
-from perceivers.models.perceiver_io.multimodal_config import (
-    ModalityConfig,
-    MultimodalDecoderConfig,
-    PerceiverIOMultimodalConfig,
-)
+from perceivers.decoders.multimodal import MultimodalDecoderConfig
+from perceivers.encoders import EncoderConfig
+from perceivers.models.perceiver_io.config import PerceiverIOConfig
+from perceivers.preprocessors.modality import ModalityConfig
+from perceivers.preprocessors.multimodal import MultimodalPreprocessorConfig
 
 MULTIMODAL = "PerceiverForMultimodalAutoencoding"
 HF_MODALITIES = {"audio": "audio", "image": "video", "label": "label"}  # HF's fixed names -> our kinds
@@ -74,7 +73,7 @@ def _get(hf: dict[str, Any], name: str) -> Any:
 
 
 def hf_multimodal_config(hf: dict[str, Any], *, encoder: EncoderConfig, activation: str,
-                         num_labels: int) -> PerceiverIOMultimodalConfig:
+                         num_labels: int) -> PerceiverIOConfig:
     """HF ``config.json`` fields of ``PerceiverForMultimodalAutoencoding`` -> our config (modalities named as HF)."""
     frames, spf, spp = _get(hf, "num_frames"), _get(hf, "audio_samples_per_frame"), _get(hf, "samples_per_patch")
     size, shape = _get(hf, "image_size"), list(_get(hf, "output_shape"))
@@ -91,14 +90,13 @@ def hf_multimodal_config(hf: dict[str, Any], *, encoder: EncoderConfig, activati
                                 query_channels=_get(hf, "_label_trainable_num_channels"),
                                 mask_prob=_MASK_PROBS["label"]),
     }
-    provisional = PerceiverIOMultimodalConfig(modalities=modalities, min_padding_size=_INPUT_PADDING,
-                                              encoder=encoder, activation=activation,
-                                              decoder=MultimodalDecoderConfig(min_padding_size=_QUERY_PADDING))
-    # HF's decoder cross-attention takes qk from the same cross_attention_shape_for_attention as the encoder.
-    qk = provisional.query_width if encoder.cross_attention_shape_for_attn == "q" else None
-    decoder = MultimodalDecoderConfig(min_padding_size=_QUERY_PADDING, num_heads=1, qk_channels=qk, widening_factor=1,
+    prep = MultimodalPreprocessorConfig(modalities=modalities, min_padding_size=_INPUT_PADDING)
+    decoder = MultimodalDecoderConfig(min_padding_size=_QUERY_PADDING, num_heads=1, widening_factor=1,
                                       use_query_residual=False, num_output_channels=_get(hf, "output_num_channels"))
-    return provisional.replace(decoder=decoder)
+    # HF's decoder cross-attention takes qk from the same cross_attention_shape_for_attention as the encoder.
+    if encoder.cross_attention_shape_for_attn == "q":
+        decoder = decoder.replace(qk_channels=decoder.query_width(prep.modalities))
+    return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=decoder, activation=activation)
 
 
 def _require(ok: bool, what: str) -> None:
@@ -106,10 +104,11 @@ def _require(ok: bool, what: str) -> None:
         raise ValueError(f"cannot express this model as HF PerceiverForMultimodalAutoencoding: {what}")
 
 
-def multimodal_config_to_hf(config: PerceiverIOMultimodalConfig) -> dict[str, Any]:
-    """Our config -> HF ``config.json`` fields (without the encoder fields); ``ValueError`` naming what HF
-    cannot express (HF hard-codes modality names, bands, patches, paddings and mask probabilities)."""
-    mods = config.modalities
+def multimodal_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
+    """Our multimodal config -> HF ``config.json`` fields (without the encoder fields); ``ValueError`` naming what
+    HF cannot express (HF hard-codes modality names, bands, patches, paddings and mask probabilities)."""
+    prep = config.preprocessor
+    mods = prep.modalities
     _require({n: m.kind for n, m in mods.items()} == HF_MODALITIES,
              f"HF hard-codes the modalities {HF_MODALITIES} (name: kind), got "
              f"{ {n: m.kind for n, m in mods.items()} }")
@@ -133,8 +132,8 @@ def multimodal_config_to_hf(config: PerceiverIOMultimodalConfig) -> dict[str, An
     if config.encoder.cross_attention_shape_for_attn == "kv":
         qk_ok = dec.qk_channels in (None, config.encoder.num_latent_channels)
     else:
-        qk_ok = dec.qk_channels == config.query_width
-    _require(config.min_padding_size == _INPUT_PADDING and dec.min_padding_size == _QUERY_PADDING,
+        qk_ok = dec.qk_channels == dec.query_width(mods)
+    _require(prep.min_padding_size == _INPUT_PADDING and dec.min_padding_size == _QUERY_PADDING,
              f"HF pads inputs by {_INPUT_PADDING} and queries by {_QUERY_PADDING}")
     _require(dec.num_heads == 1 and dec.widening_factor == 1 and not dec.use_query_residual and qk_ok
              and dec.v_channels in (None, dec.qk_channels or config.encoder.num_latent_channels),
@@ -144,7 +143,7 @@ def multimodal_config_to_hf(config: PerceiverIOMultimodalConfig) -> dict[str, An
         "num_frames": res[0], "audio_samples_per_frame": audio.num_samples // res[0],
         "samples_per_patch": audio.samples_per_patch, "image_size": res[1],
         "output_shape": [1, video.num_frames, *video.image_size], "output_num_channels": dec.num_output_channels,
-        "_label_trainable_num_channels": label.query_channels, "d_model": config.input_width,
+        "_label_trainable_num_channels": label.query_channels, "d_model": prep.input_width,
         "id2label": {str(i): f"LABEL_{i}" for i in range(label.num_classes)},
         "label2id": {f"LABEL_{i}": i for i in range(label.num_classes)},
     }

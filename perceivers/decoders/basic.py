@@ -1,4 +1,5 @@
-"""Decoders: basic (position-encoding queries), classification (one learned query), projection.
+"""Decoders: basic (position-encoding queries), classification (one learned query), projection; and their
+config :class:`DecoderConfig`.
 
 All decoders take latents ``z: (B, N, D)``.
 """
@@ -6,19 +7,123 @@ All decoders take latents ``z: (B, N, D)``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_choice,
+    check_divisible,
+    check_int,
+    check_optional_int,
+    check_scale,
+    fail,
+    normalize_int_tuple,
+)
 from perceivers.layers.attention import check_mask
 from perceivers.layers.blocks import CrossAttentionBlock
 from perceivers.layers.init import init_linear_haiku, init_zeros
 from perceivers.layers.position import (
     FourierPositionEncoding,
     TrainablePositionEncoding,
+    fourier_output_size,
     subsampled_positions,
 )
-from perceivers.models.perceiver_io.config import DecoderConfig
+from perceivers.preprocessors.image import POSITION_TYPES
+
+DECODER_TYPES = ("classification", "projection", "basic")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderConfig(ConfigBase):
+    """Decoder. ``classification``: one learned query (official ``ClassificationDecoder``);
+    ``projection``: mean over latents then a zero-initialised ``Linear`` (original Perceiver);
+    ``basic``: queries from position encodings over ``output_index_dims`` (official ``BasicDecoder``).
+
+    ``type`` is also the tag that names this decoder in a model config (one config class, three tags).
+    """
+
+    type: str = "classification"
+    num_outputs: int = 1000
+    output_index_dims: tuple[int, ...] = (1,)
+    position_encoding: str = "trainable"
+    num_query_channels: int = 1024
+    num_bands: int = 64
+    max_resolution: tuple[int, ...] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+    query_init_scale: float = 0.02
+    num_heads: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    widening_factor: int = 1
+    use_query_residual: bool = False
+    concat_preprocessed_input: bool = False
+    final_project: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("type", self.type, DECODER_TYPES)
+        check_scale("query_init_scale", self.query_init_scale)
+        check_bools(self, "concat_pos", "sine_only", "use_query_residual", "concat_preprocessed_input",
+                     "final_project")
+        check_int("num_outputs", self.num_outputs)
+        normalize_int_tuple(self, "output_index_dims", self.output_index_dims)
+        check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
+        check_int("num_query_channels", self.num_query_channels)
+        check_int("num_bands", self.num_bands)
+        normalize_int_tuple(self, "max_resolution", self.max_resolution, allow_none=True)
+        if self.max_resolution is not None and len(self.max_resolution) != len(self.output_index_dims):
+            fail("max_resolution", self.max_resolution, f"{len(self.output_index_dims)} entries, one per output dim")
+        for name in ("num_heads", "widening_factor"):
+            check_int(name, getattr(self, name))
+        check_optional_int("qk_channels", self.qk_channels)
+        check_optional_int("v_channels", self.v_channels)
+        if self.type == "classification" and self.position_encoding != "trainable":
+            fail("position_encoding", self.position_encoding, "'trainable' for a classification decoder")
+        if self.type != "basic" and not self.final_project:
+            fail("final_project", self.final_project, f"True for a {self.type!r} decoder (only 'basic' can skip "
+                  "the projection)")
+        if self.type == "basic" and self.position_encoding == "none" and not self.concat_preprocessed_input:
+            fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True")
+
+    def debug_size(self) -> DecoderConfig:
+        """The same decoder at test size: at most 5 outputs, 4 query positions per axis, 16 query channels,
+        4 Fourier bands and 2 heads; explicit qk / v widths 8 / 16 (see :func:`debug_attention`)."""
+        dims = tuple(min(d, 4) for d in self.output_index_dims)
+        return self.replace(num_outputs=min(self.num_outputs, 5), output_index_dims=dims,
+                            max_resolution=None if self.max_resolution is None else dims,
+                            num_query_channels=min(self.num_query_channels, 16), num_bands=min(self.num_bands, 4),
+                            **debug_attention(self))
+
+    def query_channels(self, input_channels: int) -> int:
+        """Width of the decoder queries (``input_channels`` = preprocessed input without positions)."""
+        if self.position_encoding == "trainable":
+            c = self.num_query_channels
+        elif self.position_encoding == "fourier":
+            c = fourier_output_size(len(self.output_index_dims), self.num_bands, concat_pos=self.concat_pos,
+                                    sine_only=self.sine_only)
+        else:
+            c = 0
+        return c + (input_channels if self.concat_preprocessed_input else 0)
+
+
+def debug_attention(config: Any) -> dict[str, Any]:
+    """Test-size attention fields of a decoder config: at most 2 heads, explicit qk / v widths 8 / 16 (the
+    defaults follow the latents, 16 channels at test size)."""
+    return dict(num_heads=min(config.num_heads, 2), qk_channels=None if config.qk_channels is None else 8,
+                v_channels=None if config.v_channels is None else 16)
+
+
+def check_decoder_heads(config: Any, latent_channels: int) -> None:
+    """``ValueError`` unless a decoder cross-attention's qk/v widths (``config.qk_channels`` / ``v_channels``,
+    default the latent width ``latent_channels``: keys and values are the latents) divide by ``num_heads``."""
+    qk = config.qk_channels or latent_channels
+    check_divisible("decoder qk_channels", qk, "decoder num_heads", config.num_heads)
+    check_divisible("decoder v_channels", config.v_channels or qk, "decoder num_heads", config.num_heads)
 
 
 class BasicDecoder(nn.Module):

@@ -1,19 +1,31 @@
-"""The official ``MultimodalDecoder`` (perceiver-io.md §6.2, §10.5): per-modality queries, one shared decoder.
+"""The official ``MultimodalDecoder`` (``perceiver.py``; ``video_autoencoding`` colab) and its config:
+per-modality queries, one shared decoder, per-modality output layers.
 
 Each modality builds its queries only (Fourier features over its output grid, or a learned table), pads
 them with a learned per-modality vector to the common width ``max(query widths) + min_padding_size``;
 the queries of all modalities are concatenated in sorted name order and cross-attend to the latents in
 one shared cross-attention block, followed by ``Linear(-> num_output_channels)``. The result is split back
-by modality. Like the official decoder (and HF's), no query mask is applied.
+by modality, and each modality's output layer (:func:`modality_postprocessors`, :func:`postprocess`) maps it
+back to the modality's layout. Like the official decoder (and HF's), no query mask is applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_int,
+    check_optional_int,
+    check_scale,
+)
+from perceivers.decoders.basic import debug_attention
 from perceivers.layers.blocks import CrossAttentionBlock
 from perceivers.layers.init import init_linear_haiku, init_trunc_normal
 from perceivers.layers.position import (
@@ -21,10 +33,43 @@ from perceivers.layers.position import (
     TrainablePositionEncoding,
     subsampled_positions,
 )
-from perceivers.models.perceiver_io.multimodal_config import (
-    ModalityConfig,
-    MultimodalDecoderConfig,
-)
+from perceivers.preprocessors.modality import ModalityConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultimodalDecoderConfig(ConfigBase):
+    """The shared decoder: per-modality queries padded to ``max(query widths) + min_padding_size`` with a
+    learned vector per modality, one cross-attention to the latents (``qk_channels=None``: the latent width),
+    then ``Linear(-> num_output_channels)``; each modality's output layer follows (see
+    :func:`modality_postprocessors`). The modalities are the preprocessor's."""
+
+    type: ClassVar[str] = "multimodal"  # the tag that names this decoder in a model config
+
+    min_padding_size: int = 2
+    num_heads: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    widening_factor: int = 1
+    use_query_residual: bool = False
+    num_output_channels: int = 512
+    query_init_scale: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "widening_factor", "num_output_channels"):
+            check_int(name, getattr(self, name))
+        check_int("min_padding_size", self.min_padding_size, minimum=0)
+        check_optional_int("qk_channels", self.qk_channels)
+        check_optional_int("v_channels", self.v_channels)
+        check_bools(self, "use_query_residual")
+        check_scale("query_init_scale", self.query_init_scale)
+
+    def debug_size(self) -> MultimodalDecoderConfig:
+        """The same decoder at test size: at most 16 output channels, 2 heads, explicit qk / v widths 8 / 16."""
+        return self.replace(num_output_channels=min(self.num_output_channels, 16), **debug_attention(self))
+
+    def query_width(self, modalities: Mapping[str, ModalityConfig]) -> int:
+        """Common decoder query width after padding (1026 for the released model)."""
+        return max(m.query_width for m in modalities.values()) + self.min_padding_size
 
 
 def check_points(points: object, name: str, *, batch: int, num_queries: int) -> None:
@@ -59,7 +104,7 @@ class MultimodalDecoder(nn.Module):
                 self.queries[name] = FourierPositionEncoding(
                     m.output_grid, num_bands=m.query_num_bands or m.num_bands, max_resolution=m.output_max_resolution,
                     concat_pos=m.concat_pos, sine_only=m.sine_only)
-        self.width = max(m.query_width for m in self.specs.values()) + c.min_padding_size
+        self.width = c.query_width(self.specs)
         self.query_padding = nn.ParameterDict({
             n: nn.Parameter(torch.empty(1, self.width - m.query_width)) for n, m in self.specs.items()})
         self.cross_attend = CrossAttentionBlock(
@@ -128,3 +173,20 @@ class MultimodalDecoder(nn.Module):
         sizes = [q.shape[1] for q in queries]
         out = self.output(self.cross_attend(torch.cat(queries, dim=1), z))  # (B, sum O_m, C_out)
         return dict(zip(names, out.split(sizes, dim=1)))
+
+
+def modality_postprocessors(modalities: Mapping[str, ModalityConfig], channels: int) -> nn.ModuleDict:
+    """One output layer per modality (official postprocessors): ``Linear(channels -> m.output_channels)``."""
+    return nn.ModuleDict({n: nn.Linear(channels, m.output_channels) for n, m in modalities.items()})
+
+
+def postprocess(m: ModalityConfig, y: Tensor, *, subsampled: bool) -> Tensor:
+    """Output-layer result ``y: (B, O_m, C_out,m)`` -> the modality's layout: label logits ``(B, K)``, audio
+    samples ``(B, O' * spp)``, video ``(B, T, H, W, C)`` (or ``(B, O', C)`` when ``subsampled``)."""
+    if m.kind == "label":
+        return y[:, 0]  # (B, K)
+    if m.kind == "audio":
+        return y.reshape(y.shape[0], -1)  # (B, O' * spp) samples
+    if subsampled:
+        return y
+    return y.reshape(y.shape[0], *m.output_grid, y.shape[-1])  # (B, T, H, W, C)

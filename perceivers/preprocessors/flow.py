@@ -1,4 +1,4 @@
-"""Optical-flow input processing (official ``io_processors.patches_for_flow`` + ``ImagePreprocessor``).
+"""Optical-flow input processing (official ``io_processors.patches_for_flow`` + ``ImagePreprocessor``) and its config.
 
 Frame pairs are ``(B, T, C, H, W)`` floats (T = 2 frames, C = 3, channels before the spatial axes as
 in our NCHW image models) in [-1, 1]; :func:`frames_from_images` builds them from two ``H x W x 3``
@@ -9,14 +9,93 @@ blending weights of tiled inference on images larger than the training size (off
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceivers.models.perceiver_io.flow_config import FlowPreprocessorConfig
-from perceivers.preprocessors.image import ImagePreprocessor
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_int,
+    fail,
+    normalize_int_tuple,
+)
+from perceivers.preprocessors.image import ImagePreprocessor, ImagePreprocessorConfig
+
+#: The official training resolution (``TRAIN_SIZE`` of the colab), also the tile size of tiled inference.
+FLOW_TRAIN_SIZE = (368, 496)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowPreprocessorConfig(ConfigBase):
+    """Frame pairs ``(B, num_frames, in_channels, H, W)`` with ``(H, W) == image_size`` -> tokens.
+
+    ``patch_size`` (odd): the ``patch_size x patch_size`` neighbourhood of every pixel, zero-padded by
+    ``patch_size // 2`` (official: 3, pad 1), channel order (patch-row, patch-col, channel).
+    ``num_channels``: width of ``patches_linear`` (official 64). Fourier features use ``max_resolution``
+    (default ``image_size``; official (368, 496)).
+    """
+
+    type: ClassVar[str] = "flow"  # the tag that names this preprocessor in a model config
+
+    image_size: tuple[int, int] = FLOW_TRAIN_SIZE
+    in_channels: int = 3
+    num_frames: int = 2
+    patch_size: int = 3
+    num_channels: int = 64
+    num_bands: int = 64
+    max_resolution: tuple[int, int] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+
+    def __post_init__(self) -> None:
+        normalize_int_tuple(self, "image_size", self.image_size)
+        if len(self.image_size) != 2:
+            fail("image_size", self.image_size, "(height, width)")
+        for name in ("in_channels", "num_frames", "patch_size", "num_channels", "num_bands"):
+            check_int(name, getattr(self, name))
+        if self.patch_size % 2 == 0:
+            fail("patch_size", self.patch_size, "an odd int (the patch is centred on its pixel)")
+        normalize_int_tuple(self, "max_resolution", self.max_resolution, allow_none=True)
+        if self.max_resolution is not None and len(self.max_resolution) != 2:
+            fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
+        check_bools(self, "concat_pos", "sine_only")
+
+    @property
+    def patch_channels(self) -> int:
+        """Values per pixel and frame: ``patch_size**2 * in_channels`` (27 officially)."""
+        return self.patch_size**2 * self.in_channels
+
+    def image_config(self) -> ImagePreprocessorConfig:
+        """The image preprocessor applied to the concatenated patches ``(B, num_frames*patch_channels, H, W)``:
+        ``patches`` with block 1 (a per-pixel ``Linear``), Fourier positions concatenated."""
+        return ImagePreprocessorConfig(
+            image_size=self.image_size, in_channels=self.num_frames * self.patch_channels, prep_type="patches",
+            spatial_downsample=1, num_channels=self.num_channels, conv_after_patching=True,
+            position_encoding="fourier", num_bands=self.num_bands,
+            max_resolution=self.max_resolution or self.image_size, concat_pos=self.concat_pos,
+            sine_only=self.sine_only,
+        )
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the tokens (and of the decoder queries): 322 officially."""
+        return self.image_config().output_channels
+
+    @property
+    def token_channels(self) -> int:
+        """Channels of the tokens fed to the encoder (= :attr:`output_channels`)."""
+        return self.output_channels
+
+    def debug_size(self) -> FlowPreprocessorConfig:
+        """The same input at test size: 8x8 frames, at most 8 channels and 4 Fourier bands."""
+        return self.replace(image_size=(8, 8), num_channels=min(self.num_channels, 8),
+                            num_bands=min(self.num_bands, 4), max_resolution=None if self.max_resolution is None
+                            else (8, 8))
 
 
 def extract_flow_patches(frames: Tensor, patch_size: int = 3) -> Tensor:

@@ -1,4 +1,4 @@
-"""Image preprocessor (official ``io_processors.ImagePreprocessor``) for NCHW float images.
+"""Image preprocessor (official ``io_processors.ImagePreprocessor``) for NCHW float images, and its config.
 
 Returns ``(tokens (B, M, C), features_without_pos (B, M, C_feat), grid (H', W'))``.
 """
@@ -6,14 +6,162 @@ Returns ``(tokens (B, M, C), features_without_pos (B, M, C_feat), grid (H', W'))
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perceivers.core.validation import (
+    ConfigBase,
+    check_bools,
+    check_choice,
+    check_int,
+    check_scale,
+    fail,
+    normalize_int_tuple,
+)
 from perceivers.layers.init import init_linear_haiku
-from perceivers.layers.position import PositionEncoder
-from perceivers.models.perceiver_io.config import ImagePreprocessorConfig, prep_grid
+from perceivers.layers.position import PositionEncoder, fourier_output_size
+
+PREP_TYPES = ("pixels", "patches", "conv1x1", "conv")
+POSITION_TYPES = ("fourier", "trainable", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImagePreprocessorConfig(ConfigBase):
+    """Image preprocessor (official ``ImagePreprocessor``); images are NCHW floats.
+
+    ``prep_type``: ``pixels`` (keep every ``spatial_downsample``-th pixel), ``patches`` (space to
+    depth, channel order (dh, dw, c), optional ``Linear`` to ``num_channels``), ``conv1x1``
+    (``Conv2d(1x1, stride=spatial_downsample)``), ``conv`` (log4(spatial_downsample) x [7x7/2 conv
+    TF-SAME, BatchNorm, ReLU, 3x3/2 max-pool SAME]). Positions are built over the post-prep grid.
+
+    ``conv_padding`` (``prep_type='conv'`` only): ``'tf_same'`` (official, default: conv padded (2, 3) and
+    max-pool SAME at 224, 224 -> 56x56 = 3,136 tokens) or ``'hf'``, an HF-compatibility switch that
+    reproduces HF transformers' deviation (conv padded (3, 3) on both sides, max-pool 3x3/2 unpadded:
+    224 -> 55x55 = 3,025 tokens). Used by ``Conv2DDownsample`` and :func:`prep_grid` alike.
+    """
+
+    type: ClassVar[str] = "image"  # the tag that names this preprocessor in a model config
+
+    image_size: tuple[int, int] = (224, 224)
+    in_channels: int = 3
+    prep_type: str = "conv"
+    spatial_downsample: int = 4
+    num_channels: int = 64
+    conv_after_patching: bool = False
+    conv2d_use_batchnorm: bool = True
+    position_encoding: str = "fourier"
+    num_bands: int = 64
+    max_resolution: tuple[int, ...] | None = None
+    concat_pos: bool = True
+    sine_only: bool = False
+    trainable_pos_channels: int = 256
+    pos_init_scale: float = 0.02
+    project_pos_dim: int = 0
+    concat_or_add_pos: str = "concat"
+    conv_padding: str = "tf_same"
+
+    def __post_init__(self) -> None:
+        normalize_int_tuple(self, "image_size", self.image_size)
+        if len(self.image_size) != 2:
+            fail("image_size", self.image_size, "(height, width)")
+        check_int("in_channels", self.in_channels)
+        check_choice("prep_type", self.prep_type, PREP_TYPES)
+        check_int("spatial_downsample", self.spatial_downsample)
+        check_int("num_channels", self.num_channels)
+        check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
+        check_int("num_bands", self.num_bands)
+        normalize_int_tuple(self, "max_resolution", self.max_resolution, allow_none=True)
+        if self.max_resolution is not None and len(self.max_resolution) != 2:
+            fail("max_resolution", self.max_resolution, "two entries (height, width) or None")
+        check_int("trainable_pos_channels", self.trainable_pos_channels)
+        check_int("project_pos_dim", self.project_pos_dim, minimum=0)
+        check_choice("concat_or_add_pos", self.concat_or_add_pos, ("concat", "add"))
+        check_choice("conv_padding", self.conv_padding, CONV_PADDINGS)
+        check_scale("pos_init_scale", self.pos_init_scale)
+        check_bools(self, "conv_after_patching", "conv2d_use_batchnorm", "concat_pos", "sine_only")
+        if self.prep_type == "conv":
+            layers = math.log(self.spatial_downsample, 4)
+            if self.spatial_downsample < 4 or abs(layers - round(layers)) > 1e-9:
+                fail("spatial_downsample", self.spatial_downsample, "a power of 4 (>= 4) for prep_type='conv'")
+        h, w = self.image_size
+        if self.prep_type == "patches" and (h % self.spatial_downsample or w % self.spatial_downsample):
+            fail("image_size", self.image_size, f"divisible by spatial_downsample={self.spatial_downsample} for patches")
+        if self.concat_or_add_pos == "add" and self.position_encoding != "none":
+            if self.pos_channels != self.feature_channels:
+                fail("concat_or_add_pos", "add", f"position channels ({self.pos_channels}) equal to feature "
+                      f"channels ({self.feature_channels})")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Post-prep grid ``(H', W')`` for ``image_size``."""
+        return prep_grid(self, *self.image_size)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the prepared features before positions are added."""
+        if self.prep_type == "pixels":
+            return self.in_channels
+        if self.prep_type == "patches":
+            return self.num_channels if self.conv_after_patching else self.in_channels * self.spatial_downsample**2
+        return self.num_channels
+
+    @property
+    def pos_channels(self) -> int:
+        if self.position_encoding == "none":
+            return 0
+        if self.project_pos_dim > 0:
+            return self.project_pos_dim
+        if self.position_encoding == "trainable":
+            return self.trainable_pos_channels
+        return fourier_output_size(2, self.num_bands, concat_pos=self.concat_pos, sine_only=self.sine_only)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the tokens fed to the encoder."""
+        if self.concat_or_add_pos == "add":
+            return self.feature_channels
+        return self.feature_channels + self.pos_channels
+
+    @property
+    def token_channels(self) -> int:
+        """Channels of the tokens fed to the encoder (every preprocessor config has it)."""
+        return self.output_channels
+
+    def debug_size(self) -> ImagePreprocessorConfig:
+        """The same preprocessing at test size: images ``4 * spatial_downsample`` pixels a side (4x4 tokens), at
+        most 8 channels and 4 Fourier bands (channels are kept where positions are added to the features)."""
+        side = 4 * self.spatial_downsample
+        small: dict = dict(image_size=(side, side), max_resolution=None)
+        if self.concat_or_add_pos == "concat":
+            small.update(num_channels=min(self.num_channels, 8), num_bands=min(self.num_bands, 4),
+                         trainable_pos_channels=min(self.trainable_pos_channels, 8),
+                         project_pos_dim=min(self.project_pos_dim, 8))
+        config = self.replace(**small)
+        return config if self.max_resolution is None else config.replace(max_resolution=config.grid)
+
+
+#: ``ImagePreprocessorConfig.conv_padding`` values: official TF-SAME, or HF transformers' padding.
+CONV_PADDINGS = ("tf_same", "hf")
+
+
+def prep_grid(cfg: ImagePreprocessorConfig, h: int, w: int) -> tuple[int, int]:
+    """Token grid after preprocessing an ``h x w`` image."""
+    s = cfg.spatial_downsample
+    if cfg.prep_type == "conv":
+        for _ in range(round(math.log(s, 4))):
+            h, w = -(-h // 2), -(-w // 2)  # conv 7x7/2, SAME or HF's (3, 3) padding: ceil(h/2) either way
+            if cfg.conv_padding == "hf":
+                h, w = max((h - 3) // 2 + 1, 0), max((w - 3) // 2 + 1, 0)  # max-pool 3x3/2 unpadded (HF)
+            else:
+                h, w = -(-h // 2), -(-w // 2)  # max-pool 3x3/2, SAME
+        return h, w
+    if cfg.prep_type == "patches":
+        return h // s, w // s
+    return -(-h // s), -(-w // s)  # pixels slicing and conv1x1 SAME: ceil(h/s)
 
 
 def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -77,7 +225,7 @@ class Conv2DDownsample(nn.Module):
 class ImagePreprocessor(nn.Module):
     """Prepares NCHW images ``(B, C, H, W)`` as tokens ``(B, H'*W', C_feat + C_pos)``.
 
-    See :class:`~perceivers.models.perceiver_io.config.ImagePreprocessorConfig` for the four ``prep_type``s.
+    See :class:`ImagePreprocessorConfig` for the four ``prep_type``s.
     Fourier positions accept any image size (the grid is re-normalised to [-1, 1]); trainable
     positions require ``config.image_size``.
     """

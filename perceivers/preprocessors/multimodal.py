@@ -1,89 +1,82 @@
-"""Per-modality input processing and the official ``MultimodalPreprocessor`` (perceiver-io.md §9.3-9.5).
+"""The official ``MultimodalPreprocessor`` (``io_processors.py``) and its config.
 
-:class:`ModalityPreprocessor` reads one modality (``video``, ``audio`` or ``label``, see
-:class:`~perceivers.models.perceiver_io.multimodal_config.ModalityConfig`) into tokens; :class:`MultimodalPreprocessor`
-pads every modality's tokens to a common width with a learned per-modality vector, replaces tokens by a
-learned mask token with each modality's probability, and concatenates the modalities in sorted name order.
+Every modality (a :class:`~perceivers.preprocessors.modality.ModalityConfig`) is read into tokens by its
+:class:`~perceivers.preprocessors.modality.ModalityPreprocessor`; :class:`MultimodalPreprocessor` pads every
+modality's tokens to a common width with a learned per-modality vector, replaces tokens by a learned mask token
+with each modality's probability, and concatenates the modalities in sorted name order (as the official code).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from perceivers.core.validation import ConfigBase, check_int, check_scale, fail
 from perceivers.layers.init import init_trunc_normal
-from perceivers.layers.position import FourierPositionEncoding
-from perceivers.models.perceiver_io.multimodal_config import ModalityConfig
+from perceivers.preprocessors.modality import ModalityConfig, ModalityPreprocessor
+
+#: Names a modality cannot take: they would shadow attributes of the ``ModuleDict``/``ParameterDict`` holding it.
+RESERVED_NAMES = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 
 
-def video_space_to_depth(video: Tensor, temporal_patch: int, spatial_patch: int) -> Tensor:
-    """``(B, T*dt, H*dh, W*dw, C)`` -> ``(B, T, H, W, dt*dh*dw*C)``, channel order (dt, dh, dw, c) (official)."""
-    b, t, h, w, c = video.shape
-    dt, s = temporal_patch, spatial_patch
-    x = video.reshape(b, t // dt, dt, h // s, s, w // s, s, c)  # (B, T', dt, H', dh, W', dw, C)
-    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)  # (B, T', H', W', dt, dh, dw, C)
-    return x.reshape(b, t // dt, h // s, w // s, dt * s * s * c)
+def check_modalities(obj: Any) -> None:
+    """Normalise ``modalities`` to ``{name: ModalityConfig}`` (``config.json`` gives dicts) and validate it."""
+    mods = obj.modalities
+    if not isinstance(mods, dict) or not mods:
+        raise TypeError(f"modalities must be a non-empty dict name -> ModalityConfig, got {mods!r}")
+    for name in mods:
+        if not isinstance(name, str) or not name.isidentifier():
+            fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
+        if name in RESERVED_NAMES:
+            fail("modalities", name, "a name that is not an attribute of torch's ModuleDict/ParameterDict")
+    out = {}
+    for name in sorted(mods):  # the official order: sorted modality names
+        spec = mods[name]
+        if isinstance(spec, dict):
+            spec = ModalityConfig.from_dict(spec)
+        if not isinstance(spec, ModalityConfig):
+            raise TypeError(f"modality {name!r} must be a ModalityConfig or a dict, got {type(spec).__name__}")
+        out[name] = spec
+    object.__setattr__(obj, "modalities", out)
 
 
-def _check_float(x: object, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+@dataclass(frozen=True, kw_only=True)
+class MultimodalPreprocessorConfig(ConfigBase):
+    """Modalities read together: ``{name: ModalityConfig}``, padded to one width and concatenated.
 
-
-class ModalityPreprocessor(nn.Module):
-    """One modality -> ``(tokens (B, M, C_in), features without positions (B, M, C_feat))``; no parameters.
-
-    video ``(B, T, H, W, C)``: patches + 3-D Fourier features over the patch grid; audio ``(B, S)`` or
-    ``(B, S, 1)``: patches of ``samples_per_patch`` + 1-D Fourier features; label ``(B, K)``: one token.
+    ``min_padding_size``: every input token is padded with a learned per-modality vector to the common
+    width ``max(input channels) + min_padding_size`` (official default 2; the released model uses 4).
+    ``padding_init_scale``: std of the paddings and mask tokens (official 0.02).
     """
 
-    def __init__(self, config: ModalityConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        self.position: FourierPositionEncoding | None = None
-        if c.kind != "label":
-            self.position = FourierPositionEncoding(c.patch_grid, num_bands=c.num_bands,
-                                                    max_resolution=c.input_max_resolution, concat_pos=c.concat_pos,
-                                                    sine_only=c.sine_only)
+    type: ClassVar[str] = "multimodal"  # the tag that names this preprocessor in a model config
 
-    def check_input(self, x: Tensor, name: str) -> None:
-        """``TypeError``/``ValueError`` naming ``name`` unless ``x`` is a valid input of this modality."""
-        c = self.config
-        _check_float(x, name)
-        if c.kind == "video":
-            dt, s = c.temporal_patch, c.spatial_patch
-            if x.dim() != 5 or x.shape[-1] != c.in_channels:
-                raise ValueError(f"{name} must be a video (B, T, H, W, C={c.in_channels}), got {tuple(x.shape)}")
-            if 0 in x.shape or x.shape[1] % dt or x.shape[2] % s or x.shape[3] % s:
-                raise ValueError(f"{name} frames/height/width {tuple(x.shape[1:4])} must be non-zero multiples of "
-                                 f"the patch ({dt}, {s}, {s})")
-        elif c.kind == "audio":
-            if not (x.dim() == 2 or (x.dim() == 3 and x.shape[-1] == 1)):
-                raise ValueError(f"{name} must be a waveform (B, S) or (B, S, 1), got {tuple(x.shape)}")
-            if 0 in x.shape or x.shape[1] % c.samples_per_patch:
-                raise ValueError(f"{name} has {x.shape[1]} samples: expected a non-zero multiple of "
-                                 f"samples_per_patch={c.samples_per_patch}")
-        elif x.dim() != 2 or x.shape[1] != c.num_classes or x.shape[0] == 0:
-            raise ValueError(f"{name} must be (B, num_classes={c.num_classes}), got {tuple(x.shape)}")
+    modalities: dict[str, ModalityConfig]
+    min_padding_size: int = 2
+    padding_init_scale: float = 0.02
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.config
-        if c.kind == "label":
-            feats = x[:, None, :]  # (B, 1, K): one token, no positions
-            return feats, feats
-        if c.kind == "video":
-            grid = video_space_to_depth(x, c.temporal_patch, c.spatial_patch)  # (B, T', H', W', C_feat)
-            dims = tuple(grid.shape[1:4])
-            feats = grid.reshape(x.shape[0], -1, grid.shape[-1])  # (B, T'*H'*W', C_feat)
-        else:
-            feats = x.reshape(x.shape[0], -1, c.samples_per_patch)  # (B, S/spp, spp)
-            dims = (feats.shape[1],)
-        pos = self.position(x.shape[0], index_dims=dims, device=x.device, dtype=x.dtype)
-        return torch.cat([feats, pos], dim=-1), feats
+    def __post_init__(self) -> None:
+        check_modalities(self)
+        check_int("min_padding_size", self.min_padding_size, minimum=0)
+        check_scale("padding_init_scale", self.padding_init_scale)
+
+    @property
+    def input_width(self) -> int:
+        """Common token width after padding (704 for the released model)."""
+        return max(m.input_channels for m in self.modalities.values()) + self.min_padding_size
+
+    @property
+    def token_channels(self) -> int:
+        """Channels of the tokens fed to the encoder (= :attr:`input_width`)."""
+        return self.input_width
+
+    def debug_size(self) -> MultimodalPreprocessorConfig:
+        """The same modalities, each at its test size (:meth:`ModalityConfig.debug_size`)."""
+        return self.replace(modalities={n: m.debug_size() for n, m in self.modalities.items()})
 
 
 class MultimodalPreprocessor(nn.Module):
@@ -93,13 +86,14 @@ class MultimodalPreprocessor(nn.Module):
     for modalities with a ``mask_prob``, ``mask_token[name]: (1, C_common)``; truncated normal 0.02.
     """
 
-    def __init__(self, modalities: Mapping[str, ModalityConfig], *, min_padding_size: int,
-                 init_scale: float = 0.02) -> None:
+    def __init__(self, config: MultimodalPreprocessorConfig) -> None:
         super().__init__()
+        self.config = config
+        modalities = config.modalities
         self.names = sorted(modalities)
-        self.init_scale = init_scale
+        self.init_scale = config.padding_init_scale
         self.modalities = nn.ModuleDict({n: ModalityPreprocessor(modalities[n]) for n in self.names})
-        self.width = max(m.input_channels for m in modalities.values()) + min_padding_size
+        self.width = config.input_width
         self.padding = nn.ParameterDict({
             n: nn.Parameter(torch.empty(1, self.width - modalities[n].input_channels)) for n in self.names})
         self.mask_token = nn.ParameterDict({
@@ -118,11 +112,13 @@ class MultimodalPreprocessor(nn.Module):
         return 0.0 if p is None else float(p)
 
     def forward(self, inputs: Mapping[str, Tensor], *, mask_probs: Mapping[str, float] | None = None,
-                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, int], dict[str, Tensor]]:
+                generator: torch.Generator | None = None, mask: Mapping[str, Tensor] | None = None,
+                ) -> tuple[Tensor, dict[str, int], dict[str, Tensor]]:
         """-> ``(tokens (B, M, C_common), {name: M_m}, {name: features without positions (B, M_m, C_feat)})``.
 
         Masking (official): token ``j`` of modality ``m`` becomes ``mask_token[m]`` with probability
-        ``p_m`` (Bernoulli, ``generator`` if given), whether the module is training or not.
+        ``p_m`` (Bernoulli, ``generator`` if given), whether the module is training or not. ``mask[m]: (B, M_m)``
+        bool (True = masked) chooses the masked tokens of modality ``m`` instead of the draw.
         """
         padded, sizes, feats = [], {}, {}
         for name in self.names:
@@ -131,7 +127,16 @@ class MultimodalPreprocessor(nn.Module):
             pad = self.padding[name].to(tokens.dtype).expand(b, m, -1)  # (B, M_m, C_common - C_m)
             tokens = torch.cat([tokens, pad], dim=-1)  # (B, M_m, C_common)
             p = self.mask_prob(name, mask_probs)
-            if p > 0.0:
+            if mask is not None and name in mask:
+                hidden = mask[name]
+                if not isinstance(hidden, Tensor) or hidden.dtype != torch.bool:
+                    raise TypeError(f"mask[{name!r}] must be a bool tensor (True = masked), got "
+                                    f"{hidden.dtype if isinstance(hidden, Tensor) else type(hidden).__name__}")
+                if tuple(hidden.shape) != (b, m):
+                    raise ValueError(f"mask[{name!r}] must have shape (B, M_m)=({b}, {m}) (one entry per token of "
+                                     f"the modality), got {tuple(hidden.shape)}")
+                tokens = torch.where(hidden[..., None], self.mask_token[name].to(tokens.dtype), tokens)
+            elif p > 0.0:
                 if p >= 1.0:
                     keep = torch.zeros(b, m, 1, dtype=torch.bool, device=tokens.device)
                 else:

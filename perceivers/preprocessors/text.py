@@ -1,4 +1,4 @@
-"""Byte tokenizer and text preprocessor of the Perceiver IO language model.
+"""Byte tokenizer, text preprocessor and its config, of the Perceiver IO language model.
 
 Ids (official ``bytes_tokenizer.py``, HF ``PerceiverTokenizer``): PAD 0, BOS 1, EOS 2, MASK 3, CLS 4,
 SEP 5, and UTF-8 byte ``b`` -> ``b + 6``: 262 ids. The official tokenizer adds no special tokens; HF
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from perceivers.core.validation import ConfigBase, check_int, check_scale
 from perceivers.layers.init import init_trunc_normal
 from perceivers.layers.position import TrainablePositionEncoding
-from perceivers.models.perceiver_io.language_config import TextPreprocessorConfig
 
 PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(6)
 NUM_SPECIAL = 6
@@ -81,6 +83,39 @@ class BytesTokenizer:
             ids[row, :len(e)] = torch.tensor(e, dtype=torch.long)
             mask[row, :len(e)] = True
         return ids, mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextPreprocessorConfig(ConfigBase):
+    """Byte embedding ``(vocab_size, num_channels)`` + learned positions ``(max_seq_len, num_channels)``, added
+    (official text input: ``hk.Embed(262, 768)`` plus a learned ``2048 x 768`` position table).
+
+    ``embed_init_scale``: std of the truncated-normal byte embedding (Haiku ``hk.Embed`` default 1.0);
+    ``pos_init_scale``: std of the position table (official ``TrainablePositionEncoding``, 0.02).
+    """
+
+    type: ClassVar[str] = "text"  # the tag that names this preprocessor in a model config
+
+    vocab_size: int = 262
+    num_channels: int = 768
+    max_seq_len: int = 2048
+    embed_init_scale: float = 1.0
+    pos_init_scale: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_channels", "max_seq_len"):
+            check_int(name, getattr(self, name))
+        check_scale("embed_init_scale", self.embed_init_scale)
+        check_scale("pos_init_scale", self.pos_init_scale)
+
+    @property
+    def token_channels(self) -> int:
+        """Channels of the tokens fed to the encoder: ``num_channels``."""
+        return self.num_channels
+
+    def debug_size(self) -> TextPreprocessorConfig:
+        """The same input at test size: the same ids, 16 channels, at most 32 positions."""
+        return self.replace(num_channels=16, max_seq_len=min(self.max_seq_len, 32))
 
 
 class TextPreprocessor(nn.Module):

@@ -9,44 +9,33 @@ images with overlapping tiles blended by distance to the tile edge (official col
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from perceivers.decoders.flow import FlowDecoder, check_chunk_size
-from perceivers.models.base import PerceiverModel
-from perceivers.models.perceiver_io.encoder import PerceiverEncoder
-from perceivers.models.perceiver_io.flow_config import PerceiverIOFlowConfig
+from perceivers.decoders.flow import check_chunk_size
+from perceivers.models.perceiver_io.model import PerceiverIO
 from perceivers.preprocessors.flow import (
-    FlowPreprocessor,
     extract_flow_patches,
     tile_starts,
     tile_weights,
 )
 
 
-class PerceiverIOFlow(PerceiverModel, model_type="perceiver_io_flow"):
+class PerceiverIOFlow(PerceiverIO, preprocessor="flow"):
     """``frames: (B, T, C, H, W)`` (or precomputed ``patches: (B, T, P*P*C, H, W)``) -> ``(B, H, W, 2)``.
 
-    Construction declares parameters; :meth:`init_weights` applies the official initialisation (the
-    flow head starts at zero) and is called by ``__init__`` unless the parameters live on the meta device.
+    Built by ``PerceiverIO(config)`` for a config with a ``flow`` preprocessor and decoder; the flow head
+    starts at zero (official initialisation).
     """
 
-    config_class = PerceiverIOFlowConfig
-
-    def __init__(self, config: PerceiverIOFlowConfig) -> None:
-        super().__init__(config)
-        c = config
-        channels = c.preprocessor.output_channels
-        self.preprocessor = FlowPreprocessor(c.preprocessor)
-        self.encoder = PerceiverEncoder(c.encoder, input_channels=channels, activation=c.activation)
-        self.decoder = FlowDecoder(c.decoder, query_channels=channels, latent_channels=c.encoder.num_latent_channels,
-                                   activation=c.activation)
-        self.init_weights_unless_meta()
-
-    def init_weights(self) -> None:
-        """Official initialisation (Haiku default ``patches_linear``, fan-in attention/MLP, zero flow head)."""
-        for module in (self.preprocessor, self.encoder, self.decoder):
-            module.init_weights()
+    def example_inputs(self, batch_size: int = 2, *, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Random valid keyword arguments of ``forward``: ``frames: (B, T, C, H, W)`` uniform in [-1, 1) at
+        ``image_size``."""
+        p = self.config.preprocessor
+        frames = torch.rand(batch_size, p.num_frames, p.in_channels, *p.image_size, generator=generator) * 2 - 1
+        return {"frames": frames.to(self.encoder.latents)}
 
     def _check(self, x: Tensor, name: str, channels: int, what: str) -> None:
         p = self.config.preprocessor
@@ -55,9 +44,7 @@ class PerceiverIOFlow(PerceiverModel, model_type="perceiver_io_flow"):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be floating point in [-1, 1] (uint8 images: see frames_from_images), "
                             f"got dtype {x.dtype}")
-        dtype = self.encoder.latents.dtype
-        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"{name} have dtype {x.dtype} but the model parameters are {dtype}")
+        self.check_dtype(x, name)
         expected = f"(B, {p.num_frames}, {channels}, H, W) ({what})"
         if x.dim() != 5:
             raise ValueError(f"{name} must have shape {expected}, got rank {x.dim()} {tuple(x.shape)}")
@@ -82,12 +69,13 @@ class PerceiverIOFlow(PerceiverModel, model_type="perceiver_io_flow"):
                              f"{p.image_size}; use forward_tiled for larger images")
         return patches
 
-    def forward_features(self, frames: Tensor | None = None, *, patches: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward_features(self, frames: Tensor | None = None, *,  # type: ignore[override]
+                         patches: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Encode: ``-> (latents (B, N, D), tokens (B, H*W, C))``; the tokens are the decoder queries."""
         tokens, _, _ = self.preprocessor(self.patches(frames, patches))
         return self.encoder(tokens), tokens
 
-    def forward(self, frames: Tensor | None = None, *, patches: Tensor | None = None,
+    def forward(self, frames: Tensor | None = None, *, patches: Tensor | None = None,  # type: ignore[override]
                 chunk_size: int | None = None) -> Tensor:
         """``frames: (B, T, C, H, W)`` in [-1, 1] (or ``patches``) -> flow ``(B, H, W, 2)``.
 

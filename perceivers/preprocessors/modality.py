@@ -1,7 +1,8 @@
-"""Frozen, validated configurations of the multimodal Perceiver IO autoencoder and the raw-audio classifier.
+"""One modality of the multimodal Perceiver IO (and, alone, the raw-audio classifier's input): its config and
+the module that reads it into tokens.
 
 A modality is described once, by :class:`ModalityConfig`: its ``kind`` fixes how it is read, queried and
-written back (official ``io_processors.py`` / ``perceiver.py``, perceiver-io.md §9.3-9.5, §10.5):
+written back (official ``io_processors.py`` / ``perceiver.py``):
 
 - ``video``: input ``(B, T, H, W, C)`` floats; space-to-depth patches ``(dt, dh, dw)`` with channel order
   ``(dt, dh, dw, c)``, 3-D Fourier features over the patch grid ``(T/dt, H/dh, W/dw)``; decoder queries are
@@ -12,39 +13,34 @@ written back (official ``io_processors.py`` / ``perceiver.py``, perceiver-io.md 
 - ``label``: input ``(B, K)`` (one-hot or probabilities) as one token of ``K`` channels, no positions; the
   query is a learned ``(1, query_channels)`` table; output ``Linear(-> K)`` logits.
 
-Modality names come from the configuration only (the model code knows no name); they are processed in
-sorted name order, as the official code does.
+Modality names come from the configuration only (the model code knows no name).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from perceivers.layers.blocks import ACTIVATIONS
-from perceivers.layers.position import fourier_output_size
-from perceivers.models.perceiver_io.config import (
+from perceivers.core.validation import (
     ConfigBase,
-    DecoderConfig,
-    EncoderConfig,
     check_bools,
     check_choice,
-    check_divisible,
     check_int,
     check_optional_int,
     fail,
     normalize_int_tuple,
 )
+from perceivers.layers.position import FourierPositionEncoding, fourier_output_size
 
 MODALITY_KINDS = ("video", "audio", "label")
-#: Names a modality cannot take: they would shadow attributes of the ``ModuleDict``/``ParameterDict`` holding it.
-_RESERVED = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 
 
-def _check_unit(name: str, value: Any) -> None:
+def check_unit(name: str, value: Any) -> None:
+    """A probability in [0, 1] (``bool`` refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         fail(name, value, "a float in [0, 1]")
 
@@ -68,7 +64,12 @@ class ModalityConfig(ConfigBase):
     token that replaces each token of this modality with probability ``p`` **in training and evaluation
     alike** (official ``MultimodalPreprocessor``); ``p = 1`` always replaces it, so the label of the released
     Kinetics model is never seen and the autoencoder acts as a classifier.
+
+    Alone, as a model's preprocessor (tag ``modality``), a modality is read without padding or mask token:
+    the raw-audio classifier.
     """
+
+    type: ClassVar[str] = "modality"  # the tag that names this preprocessor in a model config
 
     kind: str
     num_frames: int = 16
@@ -99,7 +100,7 @@ class ModalityConfig(ConfigBase):
             fail("image_size", self.image_size, "(height, width)")
         check_bools(self, "concat_pos", "sine_only")
         if self.mask_prob is not None:
-            _check_unit("mask_prob", self.mask_prob)
+            check_unit("mask_prob", self.mask_prob)
         for name in ("max_resolution", "query_max_resolution"):
             normalize_int_tuple(self, name, getattr(self, name), allow_none=True)
             value = getattr(self, name)
@@ -177,121 +178,92 @@ class ModalityConfig(ConfigBase):
     def num_queries(self) -> int:
         return math.prod(self.output_grid)
 
+    @property
+    def token_channels(self) -> int:
+        """Channels of the tokens fed to the encoder when the modality is read alone (= :attr:`input_channels`)."""
+        return self.input_channels
 
-def _check_modalities(obj: Any) -> None:
-    """Normalise ``modalities`` to ``{name: ModalityConfig}`` (``config.json`` gives dicts) and validate it."""
-    mods = obj.modalities
-    if not isinstance(mods, dict) or not mods:
-        raise TypeError(f"modalities must be a non-empty dict name -> ModalityConfig, got {mods!r}")
-    for name in mods:
-        if not isinstance(name, str) or not name.isidentifier():
-            fail("modalities", name, "modality names that are Python identifiers (they name parameters)")
-        if name in _RESERVED:
-            fail("modalities", name, "a name that is not an attribute of torch's ModuleDict/ParameterDict")
-    out = {}
-    for name in sorted(mods):  # the official order: sorted modality names
-        spec = mods[name]
-        if isinstance(spec, dict):
-            spec = ModalityConfig.from_dict(spec)
-        if not isinstance(spec, ModalityConfig):
-            raise TypeError(f"modality {name!r} must be a ModalityConfig or a dict, got {type(spec).__name__}")
-        out[name] = spec
-    object.__setattr__(obj, "modalities", out)
+    def debug_size(self) -> ModalityConfig:
+        """The same modality at test size: video 2x2x2 patches, audio 16 patches of at most 4 samples, label at most
+        5 classes; at most 4 Fourier bands, 16 query channels; explicit max resolutions follow the smaller grid."""
+        spp = min(self.samples_per_patch, 4)
+        small = self.replace(num_frames=2 * self.temporal_patch, image_size=(2 * self.spatial_patch,) * 2,
+                             num_samples=16 * spp, samples_per_patch=spp, num_classes=min(self.num_classes, 5),
+                             num_bands=min(self.num_bands, 4), query_channels=min(self.query_channels, 16),
+                             query_num_bands=None if self.query_num_bands is None else min(self.query_num_bands, 4),
+                             max_resolution=None, query_max_resolution=None)
+        return small.replace(
+            max_resolution=None if self.max_resolution is None else small.input_max_resolution,
+            query_max_resolution=None if self.query_max_resolution is None else small.input_max_resolution)
 
 
-def _check_heads(enc: EncoderConfig, input_channels: int, dec: Any) -> None:
-    """Attention widths divisible by their head counts (encoder cross-attention, decoder)."""
-    qk, v = enc.cross_attention_channels(input_channels)
-    heads = enc.num_cross_attend_heads
-    check_divisible("encoder cross-attention qk_channels", qk, "num_cross_attend_heads", heads)
-    check_divisible("encoder cross-attention v_channels", v, "num_cross_attend_heads", heads)
-    dqk = dec.qk_channels or enc.num_latent_channels
-    check_divisible("decoder qk_channels", dqk, "decoder num_heads", dec.num_heads)
-    check_divisible("decoder v_channels", dec.v_channels or dqk, "decoder num_heads", dec.num_heads)
+def video_space_to_depth(video: Tensor, temporal_patch: int, spatial_patch: int) -> Tensor:
+    """``(B, T*dt, H*dh, W*dw, C)`` -> ``(B, T, H, W, dt*dh*dw*C)``, channel order (dt, dh, dw, c) (official)."""
+    b, t, h, w, c = video.shape
+    dt, s = temporal_patch, spatial_patch
+    x = video.reshape(b, t // dt, dt, h // s, s, w // s, s, c)  # (B, T', dt, H', dh, W', dw, C)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7)  # (B, T', H', W', dt, dh, dw, C)
+    return x.reshape(b, t // dt, h // s, w // s, dt * s * s * c)
 
 
-@dataclass(frozen=True, kw_only=True)
-class MultimodalDecoderConfig(ConfigBase):
-    """The shared decoder: per-modality queries padded to ``max(query widths) + min_padding_size`` with a
-    learned vector per modality, one cross-attention to the latents (``qk_channels=None``: the latent width),
-    then ``Linear(-> num_output_channels)``; each modality's output layer follows."""
-
-    min_padding_size: int = 2
-    num_heads: int = 1
-    qk_channels: int | None = None
-    v_channels: int | None = None
-    widening_factor: int = 1
-    use_query_residual: bool = False
-    num_output_channels: int = 512
-    query_init_scale: float = 0.02
-
-    def __post_init__(self) -> None:
-        for name in ("num_heads", "widening_factor", "num_output_channels"):
-            check_int(name, getattr(self, name))
-        check_int("min_padding_size", self.min_padding_size, minimum=0)
-        check_optional_int("qk_channels", self.qk_channels)
-        check_optional_int("v_channels", self.v_channels)
-        check_bools(self, "use_query_residual")
+def check_float_tensor(x: object, name: str) -> None:
+    """``TypeError`` naming ``name`` unless ``x`` is a floating-point tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class PerceiverIOMultimodalConfig(ConfigBase):
-    """Multimodal autoencoder: modalities, input padding width, encoder, shared decoder, activation.
+class ModalityPreprocessor(nn.Module):
+    """One modality -> ``(tokens (B, M, C_in), features without positions (B, M, C_feat))``; no parameters.
 
-    ``min_padding_size``: every input token is padded with a learned per-modality vector to the common
-    width ``max(input channels) + min_padding_size`` (official default 2; the released model uses 4).
+    video ``(B, T, H, W, C)``: patches + 3-D Fourier features over the patch grid; audio ``(B, S)`` or
+    ``(B, S, 1)``: patches of ``samples_per_patch`` + 1-D Fourier features; label ``(B, K)``: one token.
     """
 
-    _nested: ClassVar[dict[str, type]] = {"encoder": EncoderConfig, "decoder": MultimodalDecoderConfig}
+    def __init__(self, config: ModalityConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.position: FourierPositionEncoding | None = None
+        if c.kind != "label":
+            self.position = FourierPositionEncoding(c.patch_grid, num_bands=c.num_bands,
+                                                    max_resolution=c.input_max_resolution, concat_pos=c.concat_pos,
+                                                    sine_only=c.sine_only)
 
-    modalities: dict[str, ModalityConfig]
-    min_padding_size: int = 2
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: MultimodalDecoderConfig = field(default_factory=MultimodalDecoderConfig)
-    activation: str = "gelu_tanh"
-    padding_init_scale: float = 0.02
+    def init_weights(self) -> None:
+        """Nothing to initialise: a modality preprocessor has no parameters."""
 
-    def __post_init__(self) -> None:
-        _check_modalities(self)
-        self._coerce_nested()
-        check_int("min_padding_size", self.min_padding_size, minimum=0)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        if self.encoder.layout != "io":
-            fail("encoder.layout", self.encoder.layout, "'io' for a multimodal model")
-        _check_heads(self.encoder, self.input_width, self.decoder)
+    def check_input(self, x: Tensor, name: str) -> None:
+        """``TypeError``/``ValueError`` naming ``name`` unless ``x`` is a valid input of this modality."""
+        c = self.config
+        check_float_tensor(x, name)
+        if c.kind == "video":
+            dt, s = c.temporal_patch, c.spatial_patch
+            if x.dim() != 5 or x.shape[-1] != c.in_channels:
+                raise ValueError(f"{name} must be a video (B, T, H, W, C={c.in_channels}), got {tuple(x.shape)}")
+            if 0 in x.shape or x.shape[1] % dt or x.shape[2] % s or x.shape[3] % s:
+                raise ValueError(f"{name} frames/height/width {tuple(x.shape[1:4])} must be non-zero multiples of "
+                                 f"the patch ({dt}, {s}, {s})")
+        elif c.kind == "audio":
+            if not (x.dim() == 2 or (x.dim() == 3 and x.shape[-1] == 1)):
+                raise ValueError(f"{name} must be a waveform (B, S) or (B, S, 1), got {tuple(x.shape)}")
+            if 0 in x.shape or x.shape[1] % c.samples_per_patch:
+                raise ValueError(f"{name} has {x.shape[1]} samples: expected a non-zero multiple of "
+                                 f"samples_per_patch={c.samples_per_patch}")
+        elif x.dim() != 2 or x.shape[1] != c.num_classes or x.shape[0] == 0:
+            raise ValueError(f"{name} must be (B, num_classes={c.num_classes}), got {tuple(x.shape)}")
 
-    @property
-    def input_width(self) -> int:
-        """Common token width after padding (704 for the released model)."""
-        return max(m.input_channels for m in self.modalities.values()) + self.min_padding_size
-
-    @property
-    def query_width(self) -> int:
-        """Common decoder query width after padding (1026 for the released model)."""
-        return max(m.query_width for m in self.modalities.values()) + self.decoder.min_padding_size
-
-
-@dataclass(frozen=True, kw_only=True)
-class PerceiverIOAudioConfig(ConfigBase):
-    """Raw-waveform classifier: an ``audio`` modality (patches + Fourier features), encoder, classification
-    decoder (one learned query, ``Linear`` to ``num_outputs`` classes)."""
-
-    _nested: ClassVar[dict[str, type]] = {
-        "preprocessor": ModalityConfig, "encoder": EncoderConfig, "decoder": DecoderConfig,
-    }
-
-    preprocessor: ModalityConfig = field(default_factory=lambda: ModalityConfig(kind="audio"))
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    activation: str = "gelu_tanh"
-
-    def __post_init__(self) -> None:
-        self._coerce_nested()
-        check_choice("activation", self.activation, ACTIVATIONS)
-        if self.preprocessor.kind != "audio":
-            fail("preprocessor.kind", self.preprocessor.kind, "'audio'")
-        if self.preprocessor.mask_prob is not None:
-            fail("preprocessor.mask_prob", self.preprocessor.mask_prob, "None (mask tokens are multimodal only)")
-        if self.decoder.type != "classification":
-            fail("decoder.type", self.decoder.type, "'classification'")
-        _check_heads(self.encoder, self.preprocessor.input_channels, self.decoder)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.config
+        if c.kind == "label":
+            feats = x[:, None, :]  # (B, 1, K): one token, no positions
+            return feats, feats
+        if c.kind == "video":
+            grid = video_space_to_depth(x, c.temporal_patch, c.spatial_patch)  # (B, T', H', W', C_feat)
+            dims = tuple(grid.shape[1:4])
+            feats = grid.reshape(x.shape[0], -1, grid.shape[-1])  # (B, T'*H'*W', C_feat)
+        else:
+            feats = x.reshape(x.shape[0], -1, c.samples_per_patch)  # (B, S/spp, spp)
+            dims = (feats.shape[1],)
+        pos = self.position(x.shape[0], index_dims=dims, device=x.device, dtype=x.dtype)
+        return torch.cat([feats, pos], dim=-1), feats
