@@ -1,8 +1,8 @@
 """Decoders: latents ``(B, N, D)`` -> outputs, each beside its config.
 
 Every decoder config has a ``type`` tag (written to ``config.json`` by the model config that holds it;
-:class:`DecoderConfig` carries three: ``classification``, ``projection``, ``basic``); :func:`build_decoder`
-builds the module a config describes.
+:class:`DecoderConfig` carries three: ``classification``, ``projection``, ``basic``; :data:`DECODER_CONFIGS` maps
+tags to classes); :func:`build_decoder` builds the module a config describes.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def build_decoder(config: AnyDecoderConfig, *, latent_channels: int, activation:
     ``latent_channels``. ``preprocessor``: the model's preprocessor config (the flow decoder's queries are its
     tokens; the multimodal decoder queries its modalities). ``feature_channels``: channels of the preprocessed
     input without positions (a basic decoder with ``concat_preprocessed_input``)."""
-    tag = getattr(config, "type", None)
-    if DECODER_CONFIGS.get(tag) is not type(config):
+    if not isinstance(config, (DecoderConfig, FlowDecoderConfig, MultimodalDecoderConfig)):
         raise TypeError(f"not a decoder config: {type(config).__name__} (known: DecoderConfig, FlowDecoderConfig, "
                         f"MultimodalDecoderConfig)")
+    tag = config.type
     if tag == "classification":
         return ClassificationDecoder(config, latent_channels=latent_channels, activation=activation)
     if tag == "projection":

@@ -36,13 +36,10 @@ from perceivers.encoders import EncoderConfig
 from perceivers.layers.blocks import ACTIVATIONS
 from perceivers.models.perceiver_io.legacy import upgrade_layout
 from perceivers.preprocessors import (
-    PREPROCESSORS,
+    PREPROCESSOR_CONFIGS,
     AnyPreprocessorConfig,
     ImagePreprocessorConfig,
 )
-
-#: Preprocessor ``type`` tag -> config class.
-PREPROCESSOR_CONFIGS: dict[str, type] = {tag: cfg for tag, (cfg, _) in PREPROCESSORS.items()}
 
 #: Preprocessor tag (``None``: tokens) -> the decoder tags a model accepts with it.
 DECODERS_FOR: dict[str | None, tuple[str, ...]] = {
