@@ -17,6 +17,10 @@ Perceiver AR. ``--baseline-wavelength shared`` gives the baseline the Perceiver 
 then the two differ only in the context they see. ``--only baseline`` (or ``ar``) trains one of the two
 (the step counts stay the equal-compute ones).
 
+Both train on the engine (``run_task``) as the ``text`` task with their own context and the ``text`` recipe's engine
+settings (batch, learning rate, warm-up, decay, clipping; ``--steps``, ``--batch-size``, ``--lr``, ``--seed`` override
+them), into ``OUT/ar`` and ``OUT/baseline`` (``--out``; default a temporary folder).
+
 Run: ``python benchmarks/ar_long_context.py --threads 1`` (defaults = ``perceivers train text``).
 """
 
@@ -25,31 +29,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from torch.utils.data import default_collate
 
-from perceivers.data.text import load_corpus, random_windows, validation_windows
-from perceivers.models import create_model
-from perceivers.training.lm import (
-    LMTrainConfig,
-    evaluate_bits_per_byte,
-    lm_loss,
-    train_lm,
-)
+from perceivers.models import get_config
+from perceivers.training.config import EngineConfig
+from perceivers.training.loop import run_task
+from perceivers.training.recipes import text
+from perceivers.training.tasks import TextTask
 
 
-def step_flops(context: int, args, corpus) -> int:
-    """Training FLOPs (forward + backward) of one batch for the model with this context."""
+def step_flops(task: TextTask, batch_size: int) -> int:
+    """Training FLOPs (forward + backward) of the task's loss on its first ``batch_size`` training windows."""
     from torch.utils.flop_counter import (
         FlopCounterMode,
         sdpa_backward_flop_count,
         sdpa_flop_count,
     )
 
-    model = create_model("perceiver-ar-stdlib-bytes", max_context_length=context, num_latents=args.latents)
-    ids, lengths = random_windows(corpus.train, batch_size=args.batch_size, context=context, min_length=args.latents,
-                                  generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = task.build_model()
+    dataset = task.train_dataset(0)
+    batch = default_collate([dataset[i] for i in range(batch_size)])
     aten = torch.ops.aten
     # The CPU attention kernels have no FLOP formula in torch: count them like the fused GPU ones
     # (full, unmasked attention, as torch does for those).
@@ -58,28 +63,21 @@ def step_flops(context: int, args, corpus) -> int:
             aten._scaled_dot_product_flash_attention_for_cpu_backward:
             lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v)}
     with FlopCounterMode(display=False, custom_mapping=sdpa) as counter:
-        lm_loss(model, ids, lengths, args.latents).backward()
+        task.training_loss(model, batch)[0].backward()
     return counter.get_total_flops()
 
 
-def run(name: str, context: int, args, corpus, val: torch.Tensor, train: LMTrainConfig,
-        max_wavelength: int | None = None) -> dict:
-    torch.manual_seed(train.seed)
-    model = create_model("perceiver-ar-stdlib-bytes", max_context_length=context, num_latents=args.latents,
-                         max_wavelength=max_wavelength)
-
-    def sample(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return random_windows(corpus.train, batch_size=train.batch_size, context=context, min_length=args.latents,
-                              generator=g)
-
-    stats = train_lm(model, sample, train, num_latents=args.latents, progress=not args.no_progress)
-    result = evaluate_bits_per_byte(model, val, num_latents=args.latents, context=context)
-    out = {"model": name, "context": context, "latents": args.latents, "parameters": model.num_parameters(),
-           "max_wavelength": model.config.wavelength, "steps": train.steps,
-           "validation_bits_per_byte": result["bits_per_byte"], "validation_bytes": result["num_predicted_bytes"],
-           "train_seconds": stats["train_seconds"], "train_loss": stats["train_loss"]}
-    print(json.dumps(out))
-    return out
+def run(name: str, task: TextTask, engine: EngineConfig, out: Path, progress: bool) -> dict:
+    """Train ``task`` on the engine into ``out`` and report its validation bits per byte."""
+    result = run_task(task, engine, out, progress=progress, log=lambda *a, **k: None)
+    config = get_config(task.model, **task.model_overrides())
+    row = {"model": name, "context": config.max_context_length, "latents": config.num_latents,
+           "parameters": result["num_parameters"], "max_wavelength": config.wavelength, "steps": result["steps"],
+           "validation_bits_per_byte": result["validation_bits_per_byte"],
+           "validation_bytes": result["num_validation_bytes"], "train_seconds": result["train_seconds"],
+           "train_loss": result["train_loss"]}
+    print(json.dumps(row))
+    return row
 
 
 def main() -> None:
@@ -98,30 +96,36 @@ def main() -> None:
                    help="baseline rotary wavelengths up to its own context N (official rule) or up to M")
     p.add_argument("--only", choices=["both", "ar", "baseline"], default="both", help="train only one model")
     p.add_argument("--json", default=None)
+    p.add_argument("--out", default=None, help="run folders OUT/ar and OUT/baseline (default: a temporary folder)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = load_corpus()
-    val = validation_windows(corpus.validation, num_windows=args.eval_windows, context=args.context)
-    train = LMTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    # Both score the last N bytes of the same windows of M + 1 tokens, each through its own context.
+    task = dataclasses.replace(text().task, context=args.context, num_latents=args.latents,
+                               eval_windows=args.eval_windows, eval_context=args.context)
+    shared = args.baseline_wavelength == "shared"
+    base_task = dataclasses.replace(task, context=args.latents, max_wavelength=args.context if shared else None)
+    engine = dataclasses.replace(text().engine, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                 seed=args.seed, checkpoint_every=0, eval_every=0, log_every=max(1, args.steps // 30))
     start = time.perf_counter()
-    flops = {ctx: step_flops(ctx, args, corpus) for ctx in (args.context, args.latents)}
+    flops = {args.context: step_flops(task, args.batch_size), args.latents: step_flops(base_task, args.batch_size)}
     base_steps = args.steps if args.equal_steps else round(args.steps * flops[args.context] / flops[args.latents])
     print(f"training FLOPs per step: Perceiver AR {flops[args.context]:.3e}, baseline {flops[args.latents]:.3e}; "
           f"steps {args.steps} vs {base_steps}")
-    base_train = dataclasses.replace(train, steps=base_steps)
+    base_engine = dataclasses.replace(engine, steps=base_steps, log_every=max(1, base_steps // 30))
     results = []
-    if args.only != "baseline":
-        results.append(run(f"Perceiver AR (M={args.context}, N={args.latents})", args.context, args, corpus, val,
-                           train))
-    if args.only != "ar":
-        shared = args.baseline_wavelength == "shared"
-        results.append(run(f"causal transformer (context {args.latents}"
-                           f"{f', wavelengths 1..{args.context}' if shared else ''})", args.latents, args, corpus,
-                           val, base_train, max_wavelength=args.context if shared else None))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out or tmp)
+        if args.only != "baseline":
+            results.append(run(f"Perceiver AR (M={args.context}, N={args.latents})", task, engine, out / "ar",
+                               not args.no_progress))
+        if args.only != "ar":
+            results.append(run(f"causal transformer (context {args.latents}"
+                               f"{f', wavelengths 1..{args.context}' if shared else ''})", base_task, base_engine,
+                               out / "baseline", not args.no_progress))
     for r in results:
         r["train_flops"] = flops[r["context"]] * r["steps"]
-    print(f"\n| model | context seen | steps | training FLOPs | validation bits/byte | train s |\n"
-          f"|---|---:|---:|---:|---:|---:|")
+    print("\n| model | context seen | steps | training FLOPs | validation bits/byte | train s |\n"
+          "|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['model']} | {r['context']} | {r['steps']} | {r['train_flops']:.2e} | "
               f"{r['validation_bits_per_byte']:.4f} | {r['train_seconds']:.0f} |")

@@ -50,8 +50,9 @@ def neighbour_similarity(table: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     from perceivers.core.files import write_json
-    from perceivers.training.engine import run_task
-    from perceivers.training.hip_mae import HiPFinetuneRecipe, HiPMAERecipe
+    from perceivers.training.hip_mae import fourier_position_table
+    from perceivers.training.loop import run_task
+    from perceivers.training.recipes import hip_mae, hip_mae_finetune
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pretrained", default=None, help="folder of a saved hip-mae model (default: train one)")
@@ -70,12 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
     pretrained = args.pretrained
     if pretrained is None:
-        mae = HiPMAERecipe()
-        run_task(mae.task(), mae.engine, out / "mae", progress=False)
+        mae = hip_mae()
+        run_task(mae.task, mae.engine, out / "mae", progress=False)
         pretrained = str(out / "mae" / "model")
     from perceivers.models import from_pretrained
     from perceivers.models.hip.blocks import init_table_fan_in
-    from perceivers.training.hip_mae import fourier_position_table
 
     mae_table = from_pretrained(pretrained).position_tables["image"].detach()
     random_table = torch.empty_like(mae_table)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     print("neighbour cosine similarity minus mean (2-D structure of the table): "
           f"MAE {neighbour_similarity(mae_table):.3f}, random {neighbour_similarity(random_table):.3f}, "
           f"Fourier {neighbour_similarity(fourier_position_table(8, mae_table.shape[1])):.3f}")
-    base = HiPFinetuneRecipe(pretrained=pretrained)
+    base = hip_mae_finetune()
     engine = dataclasses.replace(base.engine, seed=args.seed, checkpoint_every=0,
                                  **({"steps": args.steps} if args.steps else {}))
     print(f"fine-tuning {engine.steps} steps x batch {engine.batch_size}, lr {engine.lr}, seed {engine.seed}; "
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|")
     rows = []
     for arm in arms:
-        task = dataclasses.replace(base, **ARMS[arm]).task()
+        task = dataclasses.replace(base.task, pretrained=pretrained, **ARMS[arm])
         start = time.perf_counter()
         result = run_task(task, engine, out / arm, progress=False, log=lambda *a, **k: None)
         n = int(result["num_test"])

@@ -10,13 +10,15 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
-from perceivers.training.engine import classification_loss
+from perceivers.training.losses import classification_loss
+from perceivers.training.task import Task
 
 
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,8 +30,9 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class TinyTask:
-    name: str = "tiny"
+class TinyTask(Task):
+    name: ClassVar[str] = "tiny"
+
     n_train: int = 96
     noise: float = 0.1  # random augmentation from the global RNG (0: deterministic loss)
     dropout: float = 0.0
@@ -45,7 +48,7 @@ class TinyTask:
         dec = DecoderConfig(type="classification", num_outputs=3, num_query_channels=16, use_query_residual=True)
         return PerceiverIO(PerceiverIOConfig(input_channels=8, encoder=enc, decoder=dec))
 
-    def train_dataset(self) -> TensorDataset:
+    def train_dataset(self, seed: int) -> TensorDataset:
         return TensorDataset(*synthetic(self.n_train, 0))
 
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _engine_tasks import TinyTask  # noqa: E402
 
-from perceivers.training.engine import EngineConfig, run_task  # noqa: E402
-from perceivers.training.overrides import _parse  # noqa: E402
+from perceivers.training.config import EngineConfig  # noqa: E402
+from perceivers.training.loop import run_task  # noqa: E402
+from perceivers.training.overrides import parse_value  # noqa: E402
 
 TASK_KEYS = {"kill_at": int, "interrupt_at": int, "nan_at": int, "noise": float, "dropout": float}
 
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
     task_args = {k: TASK_KEYS[k](pairs.pop(k)) for k in list(pairs) if k in TASK_KEYS}
     strategies = pairs.pop("strategies", "").split(",") if "strategies" in pairs else []
     hints = typing.get_type_hints(EngineConfig)
-    cfg = EngineConfig(**{k: _parse(v, hints[k], k) for k, v in pairs.items()})
+    cfg = EngineConfig(**{k: parse_value(v, hints[k], k) for k, v in pairs.items()})
     if not strategies:
         result = run_task(TinyTask(**task_args), cfg, out, resume=resume, progress=False, log=lambda *a: None)
         return 130 if result.get("interrupted") else 0

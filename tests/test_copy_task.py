@@ -13,10 +13,12 @@ from perceivers.data.copy_task import (
     copy_positions,
     mirrored_sequences,
 )
-from perceivers.data.text import EOS_ID, SOS_ID
-from perceivers.training.engine import EngineConfig, run_recipe
+from perceivers.tokenizers import AR_EOS_ID as EOS_ID
+from perceivers.tokenizers import AR_SOS_ID as SOS_ID
+from perceivers.training.config import EngineConfig
+from perceivers.training.loop import run_task
 from perceivers.training.overrides import apply_overrides
-from perceivers.training.recipes import CopyRecipe
+from perceivers.training.recipes import copy
 from perceivers.training.tasks import CopyTask
 
 
@@ -75,8 +77,7 @@ class _Oracle(nn.Module):
 
 
 def test_evaluation_scores_copies_and_farthest_quarter():
-    task = CopyTask(model="perceiver-ar-copy", model_overrides={"max_context_length": 17, "num_latents": 10},
-                    length=18, eval_sequences=8)
+    task = CopyTask(model="perceiver-ar-copy", length=18, num_latents=10, eval_sequences=8)
     perfect = task.evaluate(_Oracle(18, wrong=[]))
     assert perfect["copy_accuracy"] == 1.0 and perfect["far_quarter_accuracy"] == 1.0
     assert perfect["max_distance"] == 15 and perfect["num_scored_copies"] == 8 * 8
@@ -85,31 +86,41 @@ def test_evaluation_scores_copies_and_farthest_quarter():
     assert half["copy_accuracy"] == pytest.approx(7 / 8) and half["far_quarter_accuracy"] == pytest.approx(0.5)
 
 
-def test_recipe_validates_its_settings():
+def test_task_validates_its_settings():
     with pytest.raises(ValueError, match="length"):
-        CopyRecipe(length=33)
+        CopyTask(length=33)
     with pytest.raises(ValueError, match="num_latents"):
-        CopyRecipe(length=16, num_latents=16)
+        CopyTask(length=16, num_latents=16)
     with pytest.raises(ValueError, match="eval_sequences"):
-        CopyRecipe(eval_sequences=0)
+        CopyTask(eval_sequences=0)
     with pytest.raises(ValueError, match="num_latents"):
-        CopyRecipe(length=16, num_latents=1).task().train_dataset()
-    recipe = apply_overrides(CopyRecipe(), [("length", "128"), ("latents", "64")])
-    assert recipe.task().build_model().config.max_context_length == 127
+        CopyTask(length=16, num_latents=1).train_dataset(0)
+    recipe = apply_overrides(copy(), [("length", "128"), ("latents", "64")])
+    assert recipe.task.build_model().config.max_context_length == 127
+
+
+def test_training_items_follow_the_engine_seed():
+    task = CopyTask(length=10, num_latents=5, train_sequences=4)
+    assert torch.equal(task.train_dataset(0)[1], MirroredSequences(size=4, length=10, seed=0)[1])
+    assert not torch.equal(task.train_dataset(0)[1], task.train_dataset(3)[1])
+    recipe = apply_overrides(copy(), [("seed", "3")])  # one --seed: the model's initialisation and the data stream
+    assert recipe.engine.seed == 3 and "seed" not in recipe.task.settings()
 
 
 def test_train_copy_runs_on_the_engine_and_learns(tmp_path):
     torch.manual_seed(0)
-    recipe = CopyRecipe(length=6, num_latents=5, channels=64, num_layers=1, num_heads=4, eval_sequences=64,
-                        engine=EngineConfig(steps=300, epochs=None, batch_size=32, lr=3e-3, warmup_fraction=0.1,
-                                            grad_clip=1.0, log_every=50))
-    result = run_recipe(recipe, tmp_path, progress=False, log=lambda *a, **k: None)
+    task = CopyTask(length=6, num_latents=5, channels=64, num_layers=1, num_heads=4, eval_sequences=64)
+    engine = EngineConfig(steps=300, epochs=None, batch_size=32, lr=3e-3, warmup_fraction=0.1, grad_clip=1.0,
+                          log_every=50)
+    lines: list[str] = []
+    result = run_task(task, engine, tmp_path, progress=False, log=lines.append)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["copy_accuracy"] == pytest.approx(result["copy_accuracy"])
     assert result["max_distance"] == 3 and "far_quarter_accuracy" not in result  # 2 bytes: no farthest quarter
     # Chance is 1/256 (and an untrained model, zero logits, scores 0). Retrieval is learned late and abruptly,
     # so a few seconds of training only start it (~0.3 here); `perceivers train copy` reaches ~100 %.
     assert result["copy_accuracy"] > 10 / 256
+    assert lines[-2] == task.summary(result) and lines[-2].startswith("copy accuracy on the mirrored half: ")
 
 
 def test_copy_model_count_by_component():

@@ -15,10 +15,12 @@ from safetensors.torch import load_file
 
 from perceivers.cli.main import main
 from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, step_dirs
-from perceivers.training.engine import EngineConfig, NonFiniteLossError, run_task
+from perceivers.training.config import EngineConfig
+from perceivers.training.loop import run_task
 from perceivers.training.optim import LAMB, lr_factor, param_groups
 from perceivers.training.overrides import apply_overrides
-from perceivers.training.recipes import DigitsRecipe, TextRecipe
+from perceivers.training.recipes import digits, text
+from perceivers.training.runtime import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = {"progress": False, "log": lambda *a, **k: None}
@@ -45,11 +47,12 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")},
                                  {"optimizer": "sgd"}, {"schedule": "step"}, {"warmup_fraction": 1.0},
-                                 {"label_smoothing": -0.1}, {"weight_decay": -1.0}, {"grad_accum": 0},
+                                 {"weight_decay": -1.0}, {"grad_accum": 0}, {"steps": 2.5},
                                  {"precision": "fp16"}, {"strategy": "deepspeed"}, {"on_nonfinite": "ignore"},
-                                 {"keep_last": 0}, {"betas": (0.9, 1.0)}, {"compile": "yes"}])
+                                 {"keep_last": 0}, {"betas": (0.9, 1.0)}, {"betas": (0.9,)}, {"compile": "yes"},
+                                 {"device": ""}])
 def test_engine_config_validation(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    with pytest.raises((ValueError, TypeError), match=next(iter(bad))):  # a wrong value, or a wrong type
         EngineConfig(**bad)
     with pytest.raises(ValueError, match="set one of them"):
         EngineConfig(steps=None, epochs=None)
@@ -202,18 +205,20 @@ def test_lamb_and_constant_cosine_train(tmp_path):
 
 
 def test_recipe_overrides():
-    r = apply_overrides(DigitsRecipe(), [("lr", "3e-4"), ("max-shift", "0"), ("steps", "5"), ("betas", "0.8,0.9"),
-                                         ("activation_checkpointing", "true"), ("label_smoothing", "0.1")])
-    assert (r.engine.lr, r.max_shift, r.engine.steps, r.engine.betas) == (3e-4, 0, 5, (0.8, 0.9))
-    assert r.engine.activation_checkpointing and r.task().label_smoothing == 0.1
-    assert apply_overrides(TextRecipe(), [("epochs", "2")]).engine.steps is None  # epochs replace the default steps
-    assert apply_overrides(TextRecipe(), [("latents", "16"), ("data_root", "none")]).num_latents == 16
+    r = apply_overrides(digits(), [("lr", "3e-4"), ("max-shift", "0"), ("steps", "5"), ("betas", "0.8,0.9"),
+                                   ("activation_checkpointing", "true"), ("label_smoothing", "0.1")])
+    assert (r.engine.lr, r.task.max_shift, r.engine.steps, r.engine.betas) == (3e-4, 0, 5, (0.8, 0.9))
+    assert r.engine.activation_checkpointing and r.task.label_smoothing == 0.1
+    assert digits().task.label_smoothing == 0.0 and digits().engine.epochs == 80  # a fresh recipe each call
+    assert apply_overrides(text(), [("epochs", "2")]).engine.steps is None  # epochs replace the default steps
+    assert apply_overrides(text(), [("latents", "16"), ("data_root", "none")]).task.num_latents == 16
+    assert apply_overrides(text(), [("engine.seed", "3")]).engine.seed == 3
     with pytest.raises(ValueError, match=r"unknown setting 'latent'.*valid keys: .*batch_size.*max_shift"):
-        apply_overrides(DigitsRecipe(), [("latent", "3")])
+        apply_overrides(digits(), [("latent", "3")])
     with pytest.raises(ValueError, match="lr='fast' is invalid: expected a number"):
-        apply_overrides(DigitsRecipe(), [("lr", "fast")])
+        apply_overrides(digits(), [("lr", "fast")])
     with pytest.raises(ValueError, match="max_shift=-1"):
-        apply_overrides(DigitsRecipe(), [("max_shift", "-1")])
+        apply_overrides(digits(), [("max_shift", "-1")])
 
 
 def test_cli_train_errors_and_config(tmp_path, capsys):

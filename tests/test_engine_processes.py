@@ -20,7 +20,8 @@ from test_engine import QUIET, assert_same_weights, weights
 
 import perceivers
 from perceivers.training.checkpoint import latest_checkpoint
-from perceivers.training.engine import EngineConfig, run_task
+from perceivers.training.config import EngineConfig
+from perceivers.training.loop import run_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORKER = str(Path(__file__).with_name("_engine_worker.py"))

@@ -198,7 +198,7 @@ def test_mae_task_loss_eval_and_grid(tmp_path):
     task = HiPMAETask(grid_examples=3)
     model = task.build_model()
     _randomise_unembedders(model)
-    batch = [torch.stack([task.train_dataset()[i][0] for i in range(4)])]
+    batch = [torch.stack([task.train_dataset(0)[i][0] for i in range(4)])]
     loss, metrics = task.training_loss(model, batch)
     loss.backward()
     assert loss.item() > 0 and metrics["masked_mse"] == pytest.approx(loss.item())
@@ -227,7 +227,7 @@ def test_finetune_task_position_inits(tmp_path):
     random = HiPFinetuneTask(positions="random", freeze_positions=False).build_model()
     assert random.position_tables["image"].requires_grad
     task = HiPFinetuneTask(positions="random")
-    x, y = zip(*(task.train_dataset()[i] for i in range(4)))
+    x, y = zip(*(task.train_dataset(0)[i] for i in range(4)))
     loss, metrics = task.training_loss(random, (torch.stack(x), torch.stack(y)))
     assert loss.item() == pytest.approx(np.log(10), rel=1e-5)  # zero-initialised logits
     assert 0.0 <= metrics["train_accuracy"] <= 1.0
@@ -250,7 +250,7 @@ def test_natural_crops_and_task():
     task = HiPMAETask(data="natural", crop_size=8, num_crops=16, num_eval_crops=4, norm_targets="example")
     model = task.build_model()
     assert model.config.modalities == {"image": (64, 3)}
-    loss, _ = task.training_loss(model, [torch.stack([task.train_dataset()[i][0] for i in range(4)])])
+    loss, _ = task.training_loss(model, [torch.stack([task.train_dataset(0)[i][0] for i in range(4)])])
     assert loss.item() == pytest.approx(1.0, rel=0.5)  # unit-variance targets, zero-initialised outputs
     assert task.evaluate(model)["num_test_images"] == 4
     with pytest.raises(ValueError, match="size"):

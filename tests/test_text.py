@@ -10,27 +10,20 @@ import torch
 
 from perceivers.cli.main import main
 from perceivers.data.text import (
-    EOS_ID,
-    SOS_ID,
+    TextWindows,
     bits_per_byte,
-    decode,
-    encode,
     is_validation_file,
     load_corpus,
-    random_windows,
     source_files,
     validation_windows,
 )
-from perceivers.training.lm import latent_targets
+from perceivers.tokenizers import AR_EOS_ID as EOS_ID
+from perceivers.tokenizers import AR_SOS_ID as SOS_ID
+from perceivers.tokenizers import ARBytesTokenizer
+from perceivers.training.losses import evaluate_bits_per_byte, latent_targets
+from perceivers.training.tasks import TextTask
 
-
-def test_encode_decode_ids_and_round_trip():
-    assert encode("A") == [65 + 3]
-    assert encode("é", sos=True, eos=True) == [SOS_ID, 0xC3 + 3, 0xA9 + 3, EOS_ID]
-    text = "def f(x):\n    return 'π' * x\n"
-    assert decode(encode(text, sos=True, eos=True)) == text
-    assert decode(torch.tensor([0, 2, 3 + 104, 3 + 105, 1])) == "hi"  # special ids dropped
-    assert decode([3 + 0xFF]) == "\ufffd"  # invalid UTF-8 replaced
+encode = ARBytesTokenizer().encode
 
 
 def _write_tree(root, n=40):
@@ -60,15 +53,19 @@ def test_split_is_by_file_deterministic_and_skips_tests(tmp_path):
 
 def test_windows_and_latent_targets(tmp_path):
     stream = torch.tensor(encode("abcdefghij", sos=True, eos=True) * 3, dtype=torch.int16)
-    g = torch.Generator().manual_seed(0)
-    windows, lengths = random_windows(stream, batch_size=8, context=10, min_length=4, generator=g)
-    assert windows.shape == (8, 11) and bool((lengths >= 5).all())
-    for w, n in zip(windows, lengths):
+    dataset = TextWindows(stream, context=10, min_length=4)
+    assert len(dataset) == 36 - 11 + 1  # every window of 11 tokens
+    windows, lengths = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
+    assert windows.shape == (26, 11) and bool((lengths >= 5).all()) and bool((lengths < 11).any())
+    for i, (w, n) in enumerate(zip(windows, lengths)):
         assert bool((w[n:] == 0).all()) and bool((w[:n] > 0).all())
         if n < 11:
             assert int(w[0]) == SOS_ID  # cut at a document start
+            assert torch.equal(w[:n], stream[i + 11 - n:i + 11].long())  # the window's end, from its last SOS
+        else:
+            assert torch.equal(w, stream[i:i + 11].long())
     inputs, input_lengths, targets = latent_targets(windows, lengths, 4)
-    for i in range(8):
+    for i in range(26):
         n = int(input_lengths[i])
         assert torch.equal(targets[i], windows[i, n - 3:n + 1])  # latent j predicts token L - N + j + 1
     val = validation_windows(stream, num_windows=3, context=10)
@@ -105,6 +102,28 @@ def test_train_text_end_to_end(tiny_run):
     assert 0 < metrics["validation_bits_per_byte"] < 12
     assert metrics["split"]["validation_files"] >= 1
     assert (tiny_run / "model" / "model.safetensors").is_file()
+
+
+def test_text_task_scores_models_of_different_contexts_on_the_same_targets(tmp_path):
+    _write_tree(tmp_path)
+    tiny = dict(num_latents=8, channels=16, num_heads=2, num_layers=1, eval_windows=3, data_root=str(tmp_path))
+    long = TextTask(context=48, eval_context=48, **tiny)
+    short = TextTask(context=8, eval_context=48, max_wavelength=48, **tiny)  # a causal transformer of 8 tokens
+    model = short.build_model().eval()
+    assert (model.config.max_context_length, model.config.wavelength) == (8, 48)
+    windows = validation_windows(short.corpus().validation, num_windows=3, context=48)  # (3, 49): long's windows
+    expected = evaluate_bits_per_byte(model, windows, num_latents=8, context=8)
+    result = short.evaluate(model)
+    assert result == {"validation_bits_per_byte": pytest.approx(expected["bits_per_byte"]),
+                      "num_validation_bytes": expected["num_predicted_bytes"]}
+    assert long.evaluate(long.build_model())["num_validation_bytes"] == result["num_validation_bytes"] > 0
+    assert short.describe()["eval_context"] == 48 and TextTask(context=8, **tiny).describe()["eval_context"] == 8
+    with pytest.raises(ValueError, match="eval_context=16 is invalid"):
+        TextTask(context=48, eval_context=16)
+    with pytest.raises(ValueError, match="eval_context=64 is invalid"):  # the registered model reads 1,024
+        TextTask(eval_context=64, data_root=str(tmp_path)).train_dataset(0)
+    with pytest.raises(ValueError, match="max_wavelength"):  # the model's own check: at least the context
+        TextTask(context=48, max_wavelength=16, **tiny).build_model()
 
 
 def test_generate_streams_respects_max_new_tokens_and_seed(tiny_run, capsys, monkeypatch):
@@ -146,12 +165,13 @@ def test_generate_and_train_text_argument_errors(tmp_path, capsys):
 
 
 def test_generate_streamer_sees_every_token():
+    from perceivers.generation import generate
     from perceivers.models import create_model
 
     torch.manual_seed(0)
     model = create_model("perceiver-ar-debug").eval()
     seen: list[int] = []
-    out = model.generate([[2, 10, 11]], max_new_tokens=5, streamer=lambda t: seen.append(int(t[0])))
+    out = generate(model, [[2, 10, 11]], max_new_tokens=5, streamer=lambda t: seen.append(int(t[0])))
     assert seen == out.sequences[0, 3:].tolist()
     with pytest.raises(ValueError, match="beam"):
-        model.generate([[2, 10]], max_new_tokens=2, num_beams=2, streamer=print)
+        generate(model, [[2, 10]], max_new_tokens=2, num_beams=2, streamer=print)

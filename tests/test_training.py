@@ -9,8 +9,8 @@ import torch
 
 from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
 from perceivers.data.digits import load_digits_split, random_shift
+from perceivers.training.losses import evaluate_classifier
 from perceivers.training.optim import lr_factor, param_groups
-from perceivers.training.trainer import evaluate
 
 
 def _tiny_model() -> PerceiverIO:
@@ -32,7 +32,7 @@ def test_evaluate_matches_a_direct_computation():
     torch.manual_seed(0)
     model = _tiny_model()
     images, labels = _task(37, 1)
-    result = evaluate(model, images, labels, batch_size=8)  # batches of 8 + a remainder of 5
+    result = evaluate_classifier(model, images, labels, batch_size=8)  # batches of 8 + a remainder of 5
     with torch.no_grad():
         logits = model.eval()(images)
     assert result["num_examples"] == 37

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import os
 import sys
@@ -41,7 +40,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "(e.g. --lr 3e-4 --optimizer lamb --strategy ddp); a bad key lists the valid ones.",
         epilog="engine keys: steps, epochs, batch_size (global), lr, optimizer (adamw|lamb), schedule "
                "(cosine|constant_cosine|linear|constant), warmup_steps, warmup_fraction, constant_fraction, "
-               "weight_decay, grad_clip, label_smoothing, grad_accum, precision (fp32|bf16), "
+               "weight_decay, grad_clip, grad_accum, precision (fp32|bf16), "
                "activation_checkpointing, compile, seed, checkpoint_every, keep_last, log_every, eval_every, "
                "on_nonfinite (stop|skip), device, strategy (none|ddp|fsdp). Several processes: torchrun "
                "--nproc_per_node N -m perceivers train RECIPE --strategy ddp.")
@@ -227,21 +226,20 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     import json
 
     from perceivers.training.checkpoint import CheckpointError
-    from perceivers.training.engine import run_recipe
+    from perceivers.training.loop import run_task
     from perceivers.training.overrides import apply_overrides, bool_keys
     from perceivers.training.recipes import RECIPES
 
     _set_threads(args.threads)
     recipe = RECIPES[args.recipe]()
-    aliases = set(getattr(recipe, "aliases", {}) or {})
     with user_input():  # the recipe's and the engine's settings validate the typed values
-        recipe = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe) | aliases))
+        recipe = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe)))
     if args.print_config:
-        print(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
+        print(json.dumps(recipe.to_dict(), indent=2, default=str))
         return 0
     try:
-        result = run_recipe(recipe, args.out or f"runs/{args.recipe}", resume=args.resume,
-                            progress=not args.no_progress)
+        result = run_task(recipe.task, recipe.engine, args.out or f"runs/{args.recipe}", resume=args.resume,
+                          progress=not args.no_progress)
     except CheckpointError as exc:  # --resume named a missing or unreadable checkpoint
         raise UserError(f"--resume: {exc}") from exc
     except FloatingPointError as exc:
@@ -264,9 +262,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from perceivers.data.text import EOS_ID, VOCAB_SIZE, encode
     from perceivers.generation.sampling import check_sampling_args
     from perceivers.models.perceiver_ar.model import PerceiverAR
+    from perceivers.tokenizers import AR_EOS_ID as EOS_ID
+    from perceivers.tokenizers import AR_VOCAB_SIZE as VOCAB_SIZE
+    from perceivers.tokenizers import ARBytesTokenizer
 
     _set_threads(args.threads)
     check_int("--max-new-tokens", args.max_new_tokens, minimum=0)
@@ -276,7 +276,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not isinstance(model, PerceiverAR) or model.config.vocab_size != VOCAB_SIZE:
         raise ConfigError(f"--checkpoint {args.checkpoint} is not a byte-level Perceiver AR checkpoint "
                           f"(vocab {VOCAB_SIZE})")
-    prompt = encode(args.prompt, sos=True)
+    prompt = ARBytesTokenizer().encode(args.prompt, sos=True)
     if len(prompt) > model.config.max_context_length:
         raise ConfigError(f"--prompt is {len(prompt)} tokens with its SOS: expected at most the model's "
                           f"max_context_length={model.config.max_context_length}")
@@ -313,11 +313,11 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from perceivers.data.digits import load_digits_split
-    from perceivers.training.trainer import evaluate
+    from perceivers.training.losses import evaluate_classifier
 
     model = _load(args.checkpoint, args.device)
     data = load_digits_split()
-    result = evaluate(model, data.test_images, data.test_labels, device=args.device)
+    result = evaluate_classifier(model, data.test_images, data.test_labels, device=args.device)
     n = result["num_examples"]
     print(f"test accuracy: {result['accuracy']:.4f} ({round(result['accuracy'] * n)}/{n}), "
           f"test loss {result['loss']:.4f}")

@@ -1,7 +1,7 @@
 """The official synthetic copy task (``RandomMirroredDataset`` of the Perceiver AR release). Synthetic data.
 
 A sequence of ``S`` tokens (``S`` even) is ``[SOS, x_1 .. x_k, x_k .. x_1, EOS]`` with ``k = (S - 2) / 2``
-uniformly random bytes (ids ``3 .. 258``, the byte vocabulary of :mod:`perceivers.data.text`). Only the
+uniformly random bytes (ids ``3 .. 258``: :class:`perceivers.tokenizers.ARBytesTokenizer`). Only the
 second, mirrored half is predictable: its token ``x_j`` sits ``2 (k - j) + 1`` positions after its
 source, so the last copies reach back to the start of the sequence.
 """
@@ -12,21 +12,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from perceivers.data.text import BYTE_OFFSET, EOS_ID, SOS_ID, VOCAB_SIZE
+from perceivers.core.validation import check_int, fail
+from perceivers.tokenizers import AR_BYTE_OFFSET, AR_EOS_ID, AR_SOS_ID, AR_VOCAB_SIZE
 
 
 def check_length(length: object) -> int:
     """``length`` as an int, or ``ValueError`` unless it is an even int >= 4."""
     if isinstance(length, bool) or not isinstance(length, int) or length < 4 or length % 2:
-        raise ValueError(f"length={length!r} is invalid: expected an even int >= 4 (SOS, k bytes, k mirrored, EOS)")
+        fail("length", length, "an even int >= 4 (SOS, k bytes, k mirrored, EOS)")
     return length
 
 
 def mirrored_sequences(batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
     """``(batch, length)`` long copy-task sequences drawn from ``generator``."""
     k = (check_length(length) - 2) // 2
-    x = torch.randint(BYTE_OFFSET, VOCAB_SIZE, (batch, k), generator=generator)
-    sos, eos = torch.full((batch, 1), SOS_ID), torch.full((batch, 1), EOS_ID)
+    x = torch.randint(AR_BYTE_OFFSET, AR_VOCAB_SIZE, (batch, k), generator=generator)
+    sos, eos = torch.full((batch, 1), AR_SOS_ID), torch.full((batch, 1), AR_EOS_ID)
     return torch.cat([sos, x, x.flip(1), eos], dim=1)
 
 
@@ -38,8 +39,7 @@ class MirroredSequences(Dataset):
     recipe's) use odd seeds, so training and evaluation never replay the same random stream."""
 
     def __init__(self, *, size: int, length: int, seed: int = 0) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size={size!r} is invalid: expected an int >= 1")
+        check_int("size", size)
         self.size, self.length, self.seed = size, check_length(length), seed
 
     def __len__(self) -> int:

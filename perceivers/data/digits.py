@@ -8,6 +8,7 @@ The split is fixed: ``train_test_split(test_size=0.2, stratify=labels, random_st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ class DigitsSplit:
     test_labels: Tensor  # (360,)
 
 
+@lru_cache(maxsize=1)
 def load_digits_split() -> DigitsSplit:
-    """The fixed, stratified, seeded train/test split of the digits (see module docstring)."""
+    """The fixed, stratified, seeded train/test split of the digits (see module docstring); read once per process
+    (every call returns the same tensors: do not modify them in place)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

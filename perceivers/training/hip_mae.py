@@ -18,15 +18,17 @@ The official HiP release has no training code; every choice below is ours (the p
   their default is the plain MSE of the [0, 1] pixels.
 - **Fine-tuning**: :class:`HiPFinetuneTask` trains the pooled classifier of
   :mod:`perceivers.models.hip.classifier`, with its position tables copied from an MAE run (``"mae"``),
-  freshly initialised (``"random"``) or fixed 2-D Fourier features (``"fourier"``), frozen or trainable.
+  freshly initialised (``"random"``) or fixed 2-D Fourier features (``"fourier"``), frozen or trainable;
+  cross-entropy with ``label_smoothing``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from perceivers.core.errors import ConfigError
+from perceivers.core.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_optional_int,
+    check_prob,
+)
+from perceivers.data.digits import load_digits_split, random_shift
 from perceivers.data.images import (
     images_to_tokens,
     natural_crops,
@@ -41,8 +53,10 @@ from perceivers.data.images import (
     write_png,
 )
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models import create_model
-from perceivers.training.engine import EngineConfig
+from perceivers.models import create_model, from_pretrained, get_config
+from perceivers.models.hip.config import HiPConfig
+from perceivers.training.losses import classification_loss, evaluate_classifier
+from perceivers.training.task import Task
 
 NORM_TARGETS = ("none", "example")
 DATA_SOURCES = ("digits", "natural")
@@ -123,22 +137,12 @@ def reconstruction_grid(images: Tensor, mask: Tensor, recon: Tensor, *, scale: i
 
 
 @lru_cache(maxsize=4)
-def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from perceivers.data.digits import load_digits_split
-
-    d = load_digits_split()
-    return d.train_images, d.train_labels, d.test_images, d.test_labels
-
-
-@lru_cache(maxsize=4)
 def _natural(size: int, num_train: int, num_test: int) -> tuple[Tensor, Tensor]:
     return natural_crops(num_train, size, seed=0), natural_crops(num_test, size, held_out=True, seed=1)
 
 
 def _augment(images: Tensor, max_shift: int, flip: bool) -> Tensor:
     """Random ±``max_shift``-pixel shifts and optional horizontal flips (global RNG). ``(B, C, H, W)``."""
-    from perceivers.data.digits import random_shift
-
     if max_shift > 0:  # index tensors are built on the CPU
         images = random_shift(images.cpu(), max_shift, None).to(images.device)  # type: ignore[arg-type]
     if flip:
@@ -147,35 +151,20 @@ def _augment(images: Tensor, max_shift: int, flip: bool) -> Tensor:
     return images
 
 
-def _image_modality(model: nn.Module) -> str:
-    """The image modality's name; sees through DDP/FSDP-style wrappers (``.module``)."""
-    config = getattr(model, "module", model).config
-    return getattr(config, "hip", config).inputs[0]
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid: expected one of {choices}")
-
-
-def _check_count(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: expected an int >= {minimum}")
-
-
 # ------------------------------------------------------------------------------------------ pretraining
 
 
 @dataclass(frozen=True, kw_only=True)
-class HiPMAETask:
-    """Masked-autoencoding pretraining of a HiP with a mask token on real images (engine ``Task``).
+class HiPMAETask(Task):
+    """Masked-autoencoding pretraining of a HiP with a mask token on real images.
 
     ``data="digits"``: scikit-learn's 8x8 digits (training split; labels unused), ``max_shift``-pixel
     shifts. ``data="natural"``: ``crop_size``² RGB crops of scikit-image's photographs (held-out photo for
     evaluation), random flips; the model's image modality is resized to the crop.
     """
 
-    name: str = "hip-mae"
+    name: ClassVar[str] = "hip-mae"
+
     model: str = "hip-mae-digits"
     data: str = "digits"
     mask_ratio: float = 0.75
@@ -188,44 +177,51 @@ class HiPMAETask:
     eval_seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("data", self.data, DATA_SOURCES)
-        _check_choice("norm_targets", self.norm_targets, NORM_TARGETS)
-        if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)) \
-                or not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={self.mask_ratio!r} is invalid: expected a float in (0, 1)")
-        _check_count("max_shift", self.max_shift, 0)
+        check_choice("data", self.data, DATA_SOURCES)
+        check_choice("norm_targets", self.norm_targets, NORM_TARGETS)
+        check_float("mask_ratio", self.mask_ratio, minimum=0.0, maximum=1.0, min_inclusive=False,
+                    max_inclusive=False)
+        check_int("max_shift", self.max_shift, minimum=0)
         for name in ("crop_size", "num_crops", "num_eval_crops", "grid_examples"):
-            _check_count(name, getattr(self, name))
+            check_int(name, getattr(self, name))
+        check_int("eval_seed", self.eval_seed, minimum=0)
 
     def _images(self, train: bool) -> Tensor:
         if self.data == "digits":
-            tr, _, te, _ = _digits()
-            return tr if train else te
+            d = load_digits_split()
+            return d.train_images if train else d.test_images
         tr, te = _natural(self.crop_size, self.num_crops, self.num_eval_crops)
         return tr if train else te
 
-    def build_model(self) -> nn.Module:
-        overrides = {}
-        if self.data == "natural":
-            overrides["modalities"] = {"image": (self.crop_size ** 2, 3)}
-        model = create_model(self.model, **overrides)
-        c = model.config
-        if not c.use_mask_token or len(c.inputs) != 1 or c.label_modalities:
-            raise ValueError(f"model {self.model!r} must be a HiP with use_mask_token=True and one image modality")
-        return model
+    @cached_property
+    def _overrides(self) -> dict[str, Any]:
+        return {"modalities": {"image": (self.crop_size ** 2, 3)}} if self.data == "natural" else {}
 
-    def train_dataset(self) -> Dataset:
+    @cached_property
+    def _modality(self) -> str:
+        """The name of the model's one image modality; ``ConfigError`` unless the model is a HiP that can learn
+        from masks."""
+        c = get_config(self.model, **self._overrides)
+        if not isinstance(c, HiPConfig) or not c.use_mask_token or len(c.inputs) != 1 or c.label_modalities:
+            raise ConfigError(f"model={self.model!r} is invalid: expected a HiP with use_mask_token=True and one "
+                              "image modality")
+        return c.inputs[0]
+
+    def build_model(self) -> nn.Module:
+        _ = self._modality  # the model fits the task
+        return create_model(self.model, **self._overrides)
+
+    def train_dataset(self, seed: int) -> Dataset:
         return TensorDataset(self._images(train=True))
 
     def _reconstruct(self, model: nn.Module, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """(prediction, target), both ``(B, M, C)`` in target space; ``mask: (B, M)``."""
-        name = _image_modality(model)
         tokens = images_to_tokens(images)
-        out = model({name: tokens}, {name: mask})["input_reconstruction"][name]
+        out = model({self._modality: tokens}, {self._modality: mask})["input_reconstruction"][self._modality]
         return out, normalise_targets(tokens, self.norm_targets)
 
-    def training_loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, float]]:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+    def training_loss(self, model: nn.Module, batch: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+        (images,) = batch
         images = _augment(images, self.max_shift if self.data == "digits" else 0, flip=self.data == "natural")
         b, _, h, w = images.shape
         mask = random_mask(b, h * w, self.mask_ratio, device=images.device)
@@ -279,20 +275,26 @@ class HiPMAETask:
         write_png(Path(out_dir) / "reconstructions.png", grid)
         model.train(was)
 
+    def summary(self, result: dict[str, Any]) -> str:
+        return (f"held-out masked MSE {result['test_masked_mse']:.4f} (per-example mean of the visible pixels: "
+                f"{result['test_mean_baseline_mse']:.4f}), trained in {result['train_seconds']:.0f} s; "
+                "reconstructions.png written next to the model")
+
 
 # ------------------------------------------------------------------------------------------ fine-tuning
 
 
 @dataclass(frozen=True, kw_only=True)
-class HiPFinetuneTask:
-    """Digit classification with the pooled HiP classifier (engine ``Task``); only the position encoding
-    differs between arms: ``positions="mae"`` (tables of the HiP saved in ``pretrained``), ``"random"``
-    (the official fan-in initialisation) or ``"fourier"`` (fixed 2-D Fourier features, zero-padded to
-    ``C_emb``, always frozen). ``transfer="encoder"`` also copies the embedders and encoder/processor
-    blocks of the pretrained HiP (``"mae"`` only). The per-slot position projection is trained in every arm.
+class HiPFinetuneTask(Task):
+    """Digit classification with the pooled HiP classifier; only the position encoding differs between arms:
+    ``positions="mae"`` (tables of the HiP saved in ``pretrained``), ``"random"`` (the official fan-in
+    initialisation) or ``"fourier"`` (fixed 2-D Fourier features, zero-padded to ``C_emb``, always frozen).
+    ``transfer="encoder"`` also copies the embedders and encoder/processor blocks of the pretrained HiP (``"mae"``
+    only). The per-slot position projection is trained in every arm. Cross-entropy with ``label_smoothing``.
     """
 
-    name: str = "hip-mae-finetune"
+    name: ClassVar[str] = "hip-mae-finetune"
+
     model: str = "hip-mae-digits-classifier"
     positions: str = "mae"
     pretrained: str | None = None
@@ -300,21 +302,25 @@ class HiPFinetuneTask:
     freeze_positions: bool = True
     fourier_bands: int | None = None
     max_shift: int = 1
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_choice("positions", self.positions, POSITION_INITS)
-        _check_choice("transfer", self.transfer, TRANSFERS)
+        check_choice("positions", self.positions, POSITION_INITS)
+        check_choice("transfer", self.transfer, TRANSFERS)
         if self.positions == "mae" and not self.pretrained:
-            raise ValueError("positions='mae' needs pretrained=<folder of a saved hip-mae model>")
+            raise ConfigError("positions='mae' needs pretrained=<folder of a saved hip-mae model>")
         if self.transfer == "encoder" and self.positions != "mae":
-            raise ValueError(f"transfer='encoder' needs positions='mae', got positions={self.positions!r}")
-        if not isinstance(self.freeze_positions, bool):
-            raise TypeError(f"freeze_positions must be a bool, got {self.freeze_positions!r}")
-        _check_count("max_shift", self.max_shift, 0)
+            raise ConfigError(f"transfer='encoder' needs positions='mae', got positions={self.positions!r}")
+        check_bool("freeze_positions", self.freeze_positions)
+        check_optional_int("fourier_bands", self.fourier_bands)
+        check_int("max_shift", self.max_shift, minimum=0)
+        check_prob("label_smoothing", self.label_smoothing)
+
+    @cached_property
+    def _modality(self) -> str:
+        return get_config(self.model).hip.inputs[0]
 
     def build_model(self) -> nn.Module:
-        from perceivers.models import from_pretrained
-
         model = create_model(self.model)
         c = model.config.hip
         if self.positions == "mae":
@@ -332,80 +338,27 @@ class HiPFinetuneTask:
                 table.requires_grad_(False)
         return model
 
-    def train_dataset(self) -> Dataset:
-        tr_x, tr_y, _, _ = _digits()
-        return TensorDataset(tr_x, tr_y)
+    def train_dataset(self, seed: int) -> Dataset:
+        d = load_digits_split()
+        return TensorDataset(d.train_images, d.train_labels)
 
-    @staticmethod
-    def _inputs(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
-        return {_image_modality(model): images_to_tokens(images)}
+    def _inputs(self, images: Tensor) -> dict[str, Tensor]:
+        return {self._modality: images_to_tokens(images)}
 
-    def training_loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         images, labels = batch
         images = _augment(images, self.max_shift, flip=False)
-        logits = model(self._inputs(model, images))
-        loss = F.cross_entropy(logits.float(), labels)
+        logits = model(self._inputs(images))
+        loss = classification_loss(logits, labels, self.label_smoothing)
         return loss, {"train_accuracy": (logits.argmax(-1) == labels).float().mean().item()}
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        was = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        _, _, te_x, te_y = _digits()
-        correct, loss = 0, 0.0
-        for start in range(0, len(te_x), 256):
-            x, y = te_x[start:start + 256].to(device), te_y[start:start + 256].to(device)
-            logits = model(self._inputs(model, x))
-            correct += (logits.argmax(-1) == y).sum().item()
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-        model.train(was)
-        return {"test_accuracy": correct / len(te_x), "test_loss": loss / len(te_x), "num_test": float(len(te_x))}
+        d = load_digits_split()
+        result = evaluate_classifier(model, d.test_images, d.test_labels, device=next(model.parameters()).device,
+                                     inputs=self._inputs)
+        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+                "num_test": float(result["num_examples"])}
 
-    def on_end(self, model: nn.Module, out_dir: Path) -> None:
-        """Nothing beyond the engine's model and metrics."""
-
-
-# -------------------------------------------------------------------------------------------- recipes
-
-
-def _task_of(recipe: object, task_cls: type):
-    return task_cls(**{f.name: getattr(recipe, f.name) for f in fields(task_cls)})
-
-
-@dataclass(frozen=True, kw_only=True)
-class HiPMAERecipe(HiPMAETask):
-    """``perceivers train hip-mae``: MAE pretraining of ``hip-mae-digits`` on the digits' training split
-    (1,200 steps x 64, ~3 minutes on one free CPU core); writes ``reconstructions.png`` next to the model."""
-
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(
-        steps=1200, epochs=None, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, grad_clip=1.0,
-        checkpoint_every=400, log_every=20))
-
-    def task(self) -> HiPMAETask:
-        return _task_of(self, HiPMAETask)
-
-    @staticmethod
-    def summary(result: dict) -> str:
-        return (f"held-out masked MSE {result['test_masked_mse']:.4f} (per-example mean of the visible pixels: "
-                f"{result['test_mean_baseline_mse']:.4f}), trained in {result['train_seconds']:.0f} s; "
-                "reconstructions.png written next to the model")
-
-
-@dataclass(frozen=True, kw_only=True)
-class HiPFinetuneRecipe(HiPFinetuneTask):
-    """``perceivers train hip-mae-finetune``: the pooled HiP classifier on the digits with the position tables
-    of ``runs/hip-mae/model`` (``--positions random|fourier`` for the baselines)."""
-
-    pretrained: str | None = "runs/hip-mae/model"
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(
-        steps=800, epochs=None, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_fraction=0.1, grad_clip=1.0,
-        checkpoint_every=400, log_every=20))
-
-    def task(self) -> HiPFinetuneTask:
-        return _task_of(self, HiPFinetuneTask)
-
-    @staticmethod
-    def summary(result: dict) -> str:
+    def summary(self, result: dict[str, Any]) -> str:
         n, acc = int(result["num_test"]), result["test_accuracy"]
         return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"

@@ -1,4 +1,15 @@
-"""The step loop of :func:`perceivers.training.engine.run_task` (set-up, resume, train, checkpoint, finish)."""
+"""The training engine behind ``perceivers train RECIPE``: one loop for every task, on one process or many.
+
+A :class:`~perceivers.training.task.Task` knows its model, data and loss; an
+:class:`~perceivers.training.config.EngineConfig` says how to optimise and distribute; :func:`run_task` trains,
+checkpoints, logs, evaluates and saves. Under ``torchrun`` with ``strategy='ddp'`` or ``'fsdp'`` every process runs
+the same call; the global batch is split over ranks and accumulation steps.
+
+Determinism: the model is built after seeding with ``seed``; the data order is a seeded permutation per epoch
+(:class:`~perceivers.training.runtime.DataOrder`); each rank's RNG streams (dropout, augmentation) are seeded from
+``seed`` and its rank, and saved in every checkpoint. Resuming on CPU therefore ends bit-identical to an
+uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
+from perceivers.core.errors import ConfigError
 from perceivers.core.files import write_json
 from perceivers.training import dist as D
 from perceivers.training.checkpoint import (
@@ -22,18 +35,37 @@ from perceivers.training.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from perceivers.training.engine import (
-    DataOrder,
-    EngineConfig,
-    NonFiniteLossError,
-    StopRequest,
-    Task,
-    _to_device,
-    isolated_rng,
-    seed_all,
-)
+from perceivers.training.config import EngineConfig
 from perceivers.training.optim import build_optimizer, lr_factor
 from perceivers.training.records import RunRecords
+from perceivers.training.runtime import (
+    DataOrder,
+    NonFiniteLossError,
+    StopRequest,
+    isolated_rng,
+    seed_all,
+    to_device,
+)
+from perceivers.training.task import Task
+
+
+def run_task(task: Task, config: EngineConfig, out_dir: str | Path, *, resume: bool | str | Path = False,
+             progress: bool = True, log=print) -> dict[str, Any]:
+    """Train ``task`` with ``config``; write ``out_dir/{checkpoints/, metrics.csv, eval.csv, model/, metrics.json}``.
+
+    ``resume=True`` continues from the latest checkpoint under ``out_dir/checkpoints`` (a path: that checkpoint).
+    Returns the final metrics on rank 0 (``{}`` on other ranks), or ``{"interrupted": True, ...}`` after Ctrl-C /
+    SIGTERM (every rank). Rank 0 logs the task's one-line summary at the end."""
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a perceivers.training.task.Task, got {type(task).__name__}")
+    if not isinstance(config, EngineConfig):
+        raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+    ctx = D.setup(config.strategy, config.device)
+    try:
+        return _Run(task, config, Path(out_dir), ctx, log if ctx.is_main else (lambda *a, **k: None)).run(
+            resume=resume, progress=progress)
+    finally:
+        ctx.close()
 
 
 class _Run:
@@ -49,18 +81,17 @@ class _Run:
         seed_all(cfg.seed)
         self.raw = self.task.build_model().to(ctx.device)
         self.num_parameters = sum(p.numel() for p in self.raw.parameters())
-        self.dataset = self.task.train_dataset()
+        self.dataset = self.task.train_dataset(cfg.seed)
         self.order = DataOrder(len(self.dataset), cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last)
         self.total = cfg.steps if cfg.steps is not None else cfg.epochs * self.order.steps_per_epoch
         self.chunks = ctx.world_size * cfg.grad_accum
         last = len(self.dataset) % cfg.batch_size
         smallest = last if (last and not cfg.drop_last) else cfg.batch_size
         if smallest < self.chunks:
-            raise ValueError(f"batch_size={cfg.batch_size} cannot be split over {ctx.world_size} process(es) x "
+            raise ConfigError(f"batch_size={cfg.batch_size} cannot be split over {ctx.world_size} process(es) x "
                              f"grad_accum={cfg.grad_accum} (the smallest batch has {smallest} items): use a larger "
                              f"batch_size, or drop_last=True")
-        hook = getattr(self.task, "blocks", None)
-        blocks = list(hook(self.raw)) if callable(hook) else D.block_modules(self.raw)
+        blocks = list(self.task.blocks(self.raw))
         if cfg.activation_checkpointing:
             D.apply_activation_checkpointing(blocks)
         self.model = D.wrap(self.raw, cfg.strategy, ctx, blocks, find_unused_parameters=cfg.find_unused_parameters)
@@ -91,7 +122,7 @@ class _Run:
             return state
         latest = latest_checkpoint(self.ckpt_root)
         if latest is not None and not read_meta(latest).get("final", False):
-            raise ValueError(f"{self.out} holds an unfinished run (checkpoint {latest}): pass --resume to continue "
+            raise ConfigError(f"{self.out} holds an unfinished run (checkpoint {latest}): pass --resume to continue "
                              "it, or choose another --out (or delete the folder) to start afresh")
         ctx.barrier()
         if ctx.is_main:
@@ -115,7 +146,7 @@ class _Run:
         metric_sums: dict[str, float] = {}
         autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         for m, chunk in enumerate(mine):
-            batch = _to_device(default_collate([self.dataset[i] for i in chunk.tolist()]), ctx.device)
+            batch = to_device(default_collate([self.dataset[i] for i in chunk.tolist()]), ctx.device)
             with D.no_sync(self.model, cfg.strategy, sync=m == len(mine) - 1):
                 with autocast:
                     loss, metrics = self.task.training_loss(self.forward_model, batch)
@@ -133,7 +164,7 @@ class _Run:
         """Clip, check and apply the gradients of ``step``; returns (grad norm, whether the update was applied)."""
         cfg = self.cfg
         norm = nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # FSDP: a sharded norm
         ok = math.isfinite(norm) and not self._nonfinite_loss
         if ok:
             factor = lr_factor(step, schedule=cfg.schedule, total_steps=self.total, warmup_steps=self.warmup,
@@ -181,7 +212,7 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------------- main
     def run(self, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
-        cfg, ctx = self.cfg, self.ctx
+        ctx = self.ctx
         self._build()
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -267,19 +298,20 @@ class _Run:
                 evaluation = dict(self.task.evaluate(model))
             self.records.log_eval({"step": self.total, **evaluation})
             model.to("cpu").save_pretrained(self.out / "model")  # type: ignore[operator]
-            describe = getattr(self.task, "describe", None)
             result = {"task": self.task.name, "num_parameters": self.num_parameters, "steps": self.total,
                       "epochs": self.total / self.order.steps_per_epoch, "train_loss": state.get("train_loss"),
                       "train_seconds": state["train_seconds"], "skipped_steps": state["skipped"],
                       "examples_per_s": state["examples"] / max(state["train_seconds"], 1e-9),
                       "world_size": ctx.world_size, **evaluation,
-                      **(describe() if callable(describe) else {}), "engine": cfg.to_dict(),
+                      **self.task.describe(), "engine": cfg.to_dict(),
                       "checkpoint": str(path)}
             write_json(self.out / "metrics.json", result)
-            on_end = getattr(self.task, "on_end", None)
-            if callable(on_end):
-                with isolated_rng(ctx.device):
-                    on_end(model, self.out)
+            with isolated_rng(ctx.device):
+                self.task.on_end(model, self.out)
             model.to(ctx.device)
+            summary = self.task.summary(result)
+            if summary:
+                self.log(summary)
+            self.log(f"saved model to {self.out / 'model'} and metrics to {self.out / 'metrics.json'}")
         ctx.barrier()
         return result

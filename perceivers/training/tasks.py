@@ -1,46 +1,83 @@
-"""Engine tasks of the built-in recipes: digits classification, byte-level language modelling, the copy task."""
+"""Tasks of the built-in recipes: digits classification, byte-level language modelling, the copy task.
+
+Each is a frozen dataclass of its settings (validated on construction, overridable from the command line by field
+name) and a :class:`~perceivers.training.task.Task`: it builds its model by registered name, owns its data and its
+loss (label smoothing included), and reports its held-out metrics.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from perceivers.core.validation import (
+    check_bool,
+    check_int,
+    check_optional_int,
+    check_prob,
+    fail,
+)
+from perceivers.data.copy_task import (
+    MirroredSequences,
+    check_length,
+    copy_positions,
+    mirrored_sequences,
+)
+from perceivers.data.digits import (
+    SPLIT_SEED,
+    TEST_SIZE,
+    load_digits_split,
+    random_shift,
+)
+from perceivers.data.text import (
+    VALIDATION_MODULUS,
+    TextCorpus,
+    TextWindows,
+    load_corpus,
+    validation_windows,
+)
 from perceivers.models import create_model, get_config
-from perceivers.training.engine import classification_loss
+from perceivers.training.losses import (
+    classification_loss,
+    evaluate_bits_per_byte,
+    evaluate_classifier,
+    latent_targets,
+    lm_loss,
+)
+from perceivers.training.task import Task
+
+AR_ALIASES = {"latents": "num_latents", "layers": "num_layers", "heads": "num_heads"}
+AR_SIZES = ("num_latents", "channels", "num_layers", "num_heads")
 
 
-@dataclass
-class DigitsTask:
-    """Classify scikit-learn's 8x8 digits (fixed stratified split); random ±``max_shift``-pixel shifts."""
+@dataclass(frozen=True, kw_only=True)
+class DigitsTask(Task):
+    """Classify scikit-learn's 8x8 digits (fixed stratified split) with a Perceiver IO classifier from raw pixels +
+    2-D Fourier features; random ±``max_shift``-pixel shifts; cross-entropy with ``label_smoothing``."""
+
+    name: ClassVar[str] = "digits"
 
     model: str = "perceiver-io-digits"
-    max_shift: int = 1
+    max_shift: int = 1  # augmentation: random translation by up to this many pixels
     label_smoothing: float = 0.0
-    name: str = "digits"
-    _data: Any = field(default=None, init=False, repr=False)
 
-    def data(self):
-        if self._data is None:
-            from perceivers.data.digits import load_digits_split
-
-            self._data = load_digits_split()
-        return self._data
+    def __post_init__(self) -> None:
+        check_int("max_shift", self.max_shift, minimum=0)
+        check_prob("label_smoothing", self.label_smoothing)
 
     def build_model(self) -> nn.Module:
         return create_model(self.model)
 
-    def train_dataset(self) -> Dataset:
-        d = self.data()
+    def train_dataset(self, seed: int) -> Dataset:
+        d = load_digits_split()
         return TensorDataset(d.train_images, d.train_labels)  # (1437, 1, 8, 8), (1437,)
 
     def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        from perceivers.data.digits import random_shift
-
         images, labels = batch
         if self.max_shift > 0:  # draws from the global RNG (seeded and checkpointed by the engine)
             images = random_shift(images.cpu(), self.max_shift, None).to(images.device)  # type: ignore[arg-type]
@@ -49,168 +86,189 @@ class DigitsTask:
         return classification_loss(logits, labels, self.label_smoothing), {"accuracy": accuracy}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from perceivers.training.trainer import evaluate
-
-        d = self.data()
-        device = next(model.parameters()).device
-        result = evaluate(model, d.test_images, d.test_labels, device=str(device))
+        d = load_digits_split()
+        result = evaluate_classifier(model, d.test_images, d.test_labels, device=next(model.parameters()).device)
         return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "num_test": result["num_examples"]}
 
     def describe(self) -> dict[str, Any]:
-        from perceivers.data.digits import SPLIT_SEED, TEST_SIZE
-
         return {"recipe": "digits", "model": self.model, "max_shift": self.max_shift,
+                "label_smoothing": self.label_smoothing,
                 "split": {"test_size": TEST_SIZE, "random_state": SPLIT_SEED, "stratified": True}}
 
-    def on_end(self, model: nn.Module, out_dir: Path) -> None:
-        """Nothing beyond the engine's model and metrics."""
+    def summary(self, result: dict[str, Any]) -> str:
+        n, acc = result["num_test"], result["test_accuracy"]
+        return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"
 
 
-class TextWindows(Dataset):
-    """Every ``context + 1``-token window of a token stream, item ``i`` starting at token ``i``; a window is cut to
-    start at its latest SOS that leaves at least ``min_length + 1`` tokens (then right-padded with PAD).
-    Items: ``(window (context + 1,) long, valid length () long)``, as :func:`perceivers.data.text.random_windows`."""
-
-    def __init__(self, stream: Tensor, *, context: int, min_length: int) -> None:
-        from perceivers.data.text import _check_window
-
-        _check_window(stream, context, "training")
-        self.stream, self.width, self.min_length = stream, context + 1, min_length
-
-    def __len__(self) -> int:
-        return self.stream.numel() - self.width + 1
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        from perceivers.data.text import SOS_ID
-
-        window = self.stream[i:i + self.width].long()
-        index = torch.arange(self.width)
-        latest = (window == SOS_ID) & (index <= self.width - (self.min_length + 1))
-        cut = int((latest * index).max()) if bool(latest.any()) else 0
-        length = self.width - cut
-        out = torch.zeros(self.width, dtype=torch.long)
-        out[:length] = window[cut:]
-        return out, torch.tensor(length)
+def perceiver_ar_overrides(task: Any, *, context: int | None) -> dict[str, Any]:
+    """Perceiver AR config overrides from a task's ``num_latents`` / ``channels`` / ``num_layers`` / ``num_heads``
+    (``None`` keeps the registered value) and the context ``M``."""
+    overrides: dict[str, Any] = {}
+    if context is not None:
+        overrides["max_context_length"] = context
+    if task.num_latents is not None:
+        overrides["num_latents"] = task.num_latents
+    if task.channels is not None:
+        overrides["num_channels"] = overrides["num_latent_channels"] = task.channels
+    if task.num_layers is not None:
+        overrides["num_self_attend_layers"] = task.num_layers
+    if task.num_heads is not None:
+        overrides["num_cross_attend_heads"] = overrides["num_self_attend_heads"] = task.num_heads
+    return overrides
 
 
-@dataclass
-class TextTask:
-    """Byte-level Perceiver AR on the Python standard library (:mod:`perceivers.data.text`); validation bits per
-    byte on ``eval_windows`` fixed windows."""
+@lru_cache(maxsize=2)
+def _corpus(root: str | None, include_tests: bool) -> TextCorpus:
+    """The corpus, read once per process for every task that trains on it (e.g. the two models of a benchmark)."""
+    return load_corpus(root, include_tests=include_tests)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextTask(Task):
+    """Byte-level Perceiver AR on the Python standard library's sources (:mod:`perceivers.data.text`).
+
+    ``context`` / ``num_latents`` / ``channels`` / ``num_layers`` / ``num_heads`` / ``max_wavelength`` (rotary
+    range) override the registered model (``None`` keeps it). Validation bits per byte are measured on
+    ``eval_windows`` fixed windows of ``eval_context + 1`` tokens (default: the model's context), the model seeing
+    the last ``context`` inputs of each: models of different contexts score the same targets with one
+    ``eval_context``.
+    """
+
+    name: ClassVar[str] = "text"
+    aliases: ClassVar[dict[str, str]] = AR_ALIASES
 
     model: str = "perceiver-ar-stdlib-bytes"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    context: int | None = None
+    num_latents: int | None = None
+    channels: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    max_wavelength: int | None = None
     eval_windows: int = 64
-    data_root: str | None = None
+    eval_context: int | None = None
+    data_root: str | None = None  # default: the running interpreter's stdlib
     include_tests: bool = False
-    name: str = "text"
-    _corpus: Any = field(default=None, init=False, repr=False)
-    _dims: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
-    def corpus(self):
-        if self._corpus is None:
-            from perceivers.data.text import load_corpus
+    def __post_init__(self) -> None:
+        for name in ("context", *AR_SIZES, "max_wavelength", "eval_context"):
+            check_optional_int(name, getattr(self, name))
+        check_int("eval_windows", self.eval_windows)
+        check_bool("include_tests", self.include_tests)
+        if self.context is not None and self.eval_context is not None and self.eval_context < self.context:
+            fail("eval_context", self.eval_context, f">= context={self.context}")
 
-            self._corpus = load_corpus(self.data_root, include_tests=self.include_tests)
-        return self._corpus
+    def model_overrides(self) -> dict[str, Any]:
+        overrides = perceiver_ar_overrides(self, context=self.context)
+        if self.max_wavelength is not None:
+            overrides["max_wavelength"] = self.max_wavelength
+        return overrides
+
+    @cached_property
+    def _dims(self) -> tuple[int, int]:
+        """(context M, latents N) of the configured model (validated by its config)."""
+        c = get_config(self.model, **self.model_overrides())
+        if self.eval_context is not None and self.eval_context < c.max_context_length:
+            fail("eval_context", self.eval_context, f">= the model's context {c.max_context_length}")
+        return c.max_context_length, c.num_latents
+
+    def corpus(self) -> TextCorpus:
+        return _corpus(self.data_root, self.include_tests)
 
     def build_model(self) -> nn.Module:
-        return create_model(self.model, **self.model_overrides)
+        return create_model(self.model, **self.model_overrides())
 
-    def _shape(self) -> tuple[int, int]:
-        """(context M, latents N) of the configured model."""
-        if self._dims is None:
-            c = get_config(self.model, **self.model_overrides)
-            self._dims = (c.max_context_length, c.num_latents)
-        return self._dims
-
-    def train_dataset(self) -> Dataset:
-        context, latents = self._shape()
+    def train_dataset(self, seed: int) -> Dataset:
+        context, latents = self._dims
         return TextWindows(self.corpus().train, context=context, min_length=latents)
 
     def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        from perceivers.training.lm import lm_loss
-
         windows, lengths = batch  # (B, W), (B,)
-        return lm_loss(model, windows, lengths, self._shape()[1]), {}
+        return lm_loss(model, windows, lengths, self._dims[1]), {}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from perceivers.data.text import validation_windows
-        from perceivers.training.lm import evaluate_bits_per_byte
-
-        context, latents = self._shape()
-        val = validation_windows(self.corpus().validation, num_windows=self.eval_windows, context=context)
-        device = str(next(model.parameters()).device)
-        result = evaluate_bits_per_byte(model, val, num_latents=latents, device=device)
+        context, latents = self._dims
+        val = validation_windows(self.corpus().validation, num_windows=self.eval_windows,
+                                 context=self.eval_context or context)
+        result = evaluate_bits_per_byte(model, val, num_latents=latents, context=context,
+                                        device=next(model.parameters()).device)
         return {"validation_bits_per_byte": result["bits_per_byte"],
                 "num_validation_bytes": result["num_predicted_bytes"]}
 
     def describe(self) -> dict[str, Any]:
-        from perceivers.data.text import VALIDATION_MODULUS
-
-        c, (context, latents) = self.corpus(), self._shape()
-        return {"recipe": "text", "model": self.model, "model_overrides": self.model_overrides, "context": context,
+        c, (context, latents) = self.corpus(), self._dims
+        return {"recipe": "text", "model": self.model, "model_overrides": self.model_overrides(), "context": context,
                 "num_latents": latents, "eval_windows": self.eval_windows,
+                "eval_context": self.eval_context or context,
                 "split": {"rule": f"sha256(relative path)[:8] big-endian % {VALIDATION_MODULUS} == 0 -> validation",
                           "train_files": len(c.train_files), "validation_files": len(c.validation_files),
                           "train_tokens": c.train.numel(), "validation_tokens": c.validation.numel(),
                           "include_tests": self.include_tests}}
 
-    def on_end(self, model: nn.Module, out_dir: Path) -> None:
-        """Nothing beyond the engine's model and metrics."""
+    def summary(self, result: dict[str, Any]) -> str:
+        return (f"validation bits per byte: {result['validation_bits_per_byte']:.4f} over "
+                f"{result['num_validation_bytes']:,} bytes, trained in {result['train_seconds']:.0f} s")
 
 
-@dataclass
-class CopyTask:
-    """Perceiver AR on the official copy task (:mod:`perceivers.data.copy_task`, synthetic): training items are
-    sequences ``0 .. train_sequences - 1`` of a stream seeded by ``seed``; evaluation scores ``eval_sequences``
-    sequences of a separate stream, teacher-forced: the accuracy of the predictions of the mirrored half, and of
-    its farthest quarter (the copies whose source is closest to the start)."""
+@dataclass(frozen=True, kw_only=True)
+class CopyTask(Task):
+    """Perceiver AR on the official synthetic copy task (:mod:`perceivers.data.copy_task`): sequences of
+    ``length`` tokens whose second half mirrors the first, so the last copies reach back to the start.
 
-    model: str = "perceiver-ar-copy"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    length: int = 64
-    train_sequences: int = 1 << 20
-    eval_sequences: int = 256
-    seed: int = 0
-    name: str = "copy"
-    _latents: int | None = field(default=None, init=False, repr=False)
+    The context is ``length - 1``; ``num_latents`` / ``channels`` / ``num_layers`` / ``num_heads`` override the
+    registered model (``None`` keeps it). Training items are sequences ``0 .. train_sequences - 1`` of a stream
+    seeded by the engine's seed; evaluation scores ``eval_sequences`` sequences of a separate stream,
+    teacher-forced: the accuracy of the predictions of the mirrored half, and of its farthest quarter (the copies
+    whose source is closest to the start).
+    """
 
+    name: ClassVar[str] = "copy"
+    aliases: ClassVar[dict[str, str]] = AR_ALIASES
     EVAL_SEED: ClassVar[int] = 12345  # the evaluation stream (odd: training items use even generator seeds)
 
-    def build_model(self) -> nn.Module:
-        return create_model(self.model, **self.model_overrides)
+    model: str = "perceiver-ar-copy"
+    length: int = 64
+    num_latents: int | None = None
+    channels: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    train_sequences: int = 1 << 20
+    eval_sequences: int = 256
 
+    def __post_init__(self) -> None:
+        check_length(self.length)
+        for name in AR_SIZES:
+            check_optional_int(name, getattr(self, name))
+        for name in ("train_sequences", "eval_sequences"):
+            check_int(name, getattr(self, name))
+        if self.num_latents is not None and self.num_latents > self.length - 1:
+            fail("num_latents", self.num_latents, f"at most the context length - 1 = {self.length - 1}")
+
+    def model_overrides(self) -> dict[str, Any]:
+        return perceiver_ar_overrides(self, context=self.length - 1)
+
+    @cached_property
     def _num_latents(self) -> int:
-        if self._latents is None:
-            c = get_config(self.model, **self.model_overrides)
-            if c.max_context_length != self.length - 1:
-                raise ValueError(f"model context {c.max_context_length} does not fit length={self.length}: "
-                                 f"the copy task needs max_context_length = length - 1 = {self.length - 1}")
-            if c.num_latents < 2:
-                raise ValueError(f"num_latents={c.num_latents} is invalid for the copy task: expected >= 2 (the last "
-                                 "latent predicts EOS; the ones before it score the copies)")
-            self._latents = c.num_latents
-        return self._latents
+        """N of the configured model (its context is ``length - 1``); at least 2."""
+        c = get_config(self.model, **self.model_overrides())
+        if c.num_latents < 2:
+            fail("num_latents", c.num_latents, ">= 2 for the copy task (the last latent predicts EOS; the ones "
+                                               "before it score the copies)")
+        return c.num_latents
 
-    def train_dataset(self) -> Dataset:
-        from perceivers.data.copy_task import MirroredSequences
+    def build_model(self) -> nn.Module:
+        return create_model(self.model, **self.model_overrides())
 
-        self._num_latents()  # fail early on a context that does not fit
-        return MirroredSequences(size=self.train_sequences, length=self.length, seed=self.seed)
+    def train_dataset(self, seed: int) -> Dataset:
+        _ = self._num_latents  # fail early on a model the copy task cannot score
+        return MirroredSequences(size=self.train_sequences, length=self.length, seed=seed)
 
     def training_loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
-        from perceivers.training.lm import lm_loss
-
         lengths = torch.full((batch.shape[0],), self.length, device=batch.device)
-        return lm_loss(model, batch, lengths, self._num_latents()), {}
+        return lm_loss(model, batch, lengths, self._num_latents), {}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from perceivers.data.copy_task import copy_positions, mirrored_sequences
-        from perceivers.training.lm import latent_targets
-
-        n, device = self._num_latents(), next(model.parameters()).device
+        n, device = self._num_latents, next(model.parameters()).device
         sequences = mirrored_sequences(self.eval_sequences, self.length, torch.Generator().manual_seed(self.EVAL_SEED))
         lengths = torch.full((self.eval_sequences,), self.length)
         inputs, input_lengths, targets = latent_targets(sequences, lengths, n)
@@ -230,10 +288,14 @@ class CopyTask:
         return result
 
     def describe(self) -> dict[str, Any]:
-        return {"recipe": "copy", "model": self.model, "model_overrides": self.model_overrides, "length": self.length,
-                "num_latents": self._num_latents(), "data": "synthetic: official RandomMirroredDataset sequences",
-                "train_sequences": self.train_sequences, "eval_sequences": self.eval_sequences,
-                "eval_seed": self.EVAL_SEED}
+        return {"recipe": "copy", "model": self.model, "model_overrides": self.model_overrides(),
+                "length": self.length, "num_latents": self._num_latents,
+                "data": "synthetic: official RandomMirroredDataset sequences", "train_sequences": self.train_sequences,
+                "eval_sequences": self.eval_sequences, "eval_seed": self.EVAL_SEED}
 
-    def on_end(self, model: nn.Module, out_dir: Path) -> None:
-        """Nothing beyond the engine's model and metrics."""
+    def summary(self, result: dict[str, Any]) -> str:
+        far = result.get("far_quarter_accuracy")
+        return (f"copy accuracy on the mirrored half: {result['copy_accuracy']:.4f}"
+                + (f" (farthest quarter {far:.4f})" if far is not None else "")
+                + f", copies from up to {result['max_distance']} positions back, chance {result['chance']:.4f}; "
+                f"trained in {result['train_seconds']:.0f} s")
