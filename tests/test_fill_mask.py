@@ -9,7 +9,7 @@ from conftest import randomize_
 from perceivers.cli.main import main
 from perceivers.generation.fill_mask import fill_mask, masked_ids
 from perceivers.models import create_model
-from perceivers.preprocessors.text import MASK_ID, NUM_SPECIAL
+from perceivers.tokenizers import MASK_ID, NUM_SPECIAL
 
 TEXT = "The capital of France is [MASK][MASK][MASK][MASK][MASK]."
 

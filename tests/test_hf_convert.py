@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from perceivers import from_pretrained  # noqa: E402
 from perceivers.cli.main import main  # noqa: E402
 from perceivers.converters.hf import convert_hf_folder, convert_to_hf_folder  # noqa: E402
-from perceivers.preprocessors.text import BytesTokenizer  # noqa: E402
+from perceivers.tokenizers import BytesTokenizer  # noqa: E402
 
 TOL = 1e-5
 FOURIER, LEARNED = "PerceiverForImageClassificationFourier", "PerceiverForImageClassificationLearned"

@@ -21,7 +21,7 @@ from perceivers import (  # noqa: E402
     TextPreprocessorConfig,
 )
 from perceivers.converters.hf_keys import hf_to_perceivers_state_dict  # noqa: E402
-from perceivers.preprocessors.text import BytesTokenizer  # noqa: E402
+from perceivers.tokenizers import BytesTokenizer  # noqa: E402
 
 TOL = 1e-5
 D_MODEL, D_LATENTS, NUM_LATENTS, SELF_LAYERS, MAX_LEN, NUM_LABELS = 16, 32, 8, 2, 64, 3

@@ -13,7 +13,8 @@ from perceivers import (
     from_pretrained,
 )
 from perceivers.models import create_model, get_config, get_entry
-from perceivers.preprocessors.text import MASK_ID, BytesTokenizer, TextPreprocessor
+from perceivers.preprocessors.text import TextPreprocessor
+from perceivers.tokenizers import MASK_ID, BytesTokenizer
 
 MULTILINGUAL = [
     "The quick brown fox jumps over the lazy dog.",

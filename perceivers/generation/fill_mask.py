@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from perceivers.preprocessors.text import (
+from perceivers.tokenizers import (
     CLS_ID,
     MASK_ID,
     NUM_SPECIAL,

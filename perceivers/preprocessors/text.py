@@ -1,14 +1,11 @@
-"""Byte tokenizer, text preprocessor and its config, of the Perceiver IO language model.
+"""Text preprocessor and its config, of the Perceiver IO language model.
 
-Ids (official ``bytes_tokenizer.py``, HF ``PerceiverTokenizer``): PAD 0, BOS 1, EOS 2, MASK 3, CLS 4,
-SEP 5, and UTF-8 byte ``b`` -> ``b + 6``: 262 ids. The official tokenizer adds no special tokens; HF
-adds ``[CLS] ... [SEP]`` by default (``add_special_tokens=True`` here), shifting every byte by one.
+Its byte ids are those of :class:`perceivers.tokenizers.BytesTokenizer` (official ``bytes_tokenizer.py``, HF
+``PerceiverTokenizer``): 6 special ids, then UTF-8 byte ``b`` -> ``b + 6``; 262 ids.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,71 +15,6 @@ from torch import Tensor, nn
 from perceivers.core.validation import ConfigBase, check_int, check_scale
 from perceivers.layers.init import init_trunc_normal
 from perceivers.layers.position import TrainablePositionEncoding
-
-PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(6)
-NUM_SPECIAL = 6
-VOCAB_SIZE = 256 + NUM_SPECIAL
-SPECIAL_TOKENS = {"[PAD]": PAD_ID, "[BOS]": BOS_ID, "[EOS]": EOS_ID, "[MASK]": MASK_ID, "[CLS]": CLS_ID,
-                  "[SEP]": SEP_ID}
-_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
-
-
-class BytesTokenizer:
-    """UTF-8 bytes <-> ids with the official six special ids; stateless.
-
-    ``special_tokens_in_text=True`` reads the literal spellings ``[PAD] [BOS] [EOS] [MASK] [CLS] [SEP]``
-    in the text as their ids (as HF does); otherwise every character is encoded as bytes.
-    """
-
-    pad_id, bos_id, eos_id, mask_id, cls_id, sep_id = PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID
-    vocab_size = VOCAB_SIZE
-
-    def encode(self, text: str | bytes, *, add_special_tokens: bool = False,
-               special_tokens_in_text: bool = False) -> list[int]:
-        """Text (or raw bytes) -> ids; ``add_special_tokens`` wraps them in ``[CLS] ... [SEP]``."""
-        if isinstance(text, bytes):
-            ids = [b + NUM_SPECIAL for b in text]
-        elif not isinstance(text, str):
-            raise TypeError(f"text must be a str or bytes, got {type(text).__name__}")
-        elif special_tokens_in_text:
-            ids, start = [], 0
-            for match in _SPECIAL_RE.finditer(text):
-                ids += [b + NUM_SPECIAL for b in text[start:match.start()].encode("utf-8")]
-                ids.append(SPECIAL_TOKENS[match.group()])
-                start = match.end()
-            ids += [b + NUM_SPECIAL for b in text[start:].encode("utf-8")]
-        else:
-            ids = [b + NUM_SPECIAL for b in text.encode("utf-8")]
-        return [CLS_ID, *ids, SEP_ID] if add_special_tokens else ids
-
-    def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Ids -> text: special ids (< 6) are dropped, invalid UTF-8 becomes U+FFFD."""
-        values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-        bad = [i for i in values if not 0 <= i < VOCAB_SIZE]
-        if bad:
-            raise ValueError(f"ids must be in [0, {VOCAB_SIZE}), got {bad[:5]}")
-        return bytes(i - NUM_SPECIAL for i in values if i >= NUM_SPECIAL).decode("utf-8", errors="replace")
-
-    def batch(self, texts: Sequence[str | bytes], *, add_special_tokens: bool = False,
-              special_tokens_in_text: bool = False, max_length: int | None = None) -> tuple[Tensor, Tensor]:
-        """Encode and right-pad with PAD to the longest: ``(ids (B, L) int64, mask (B, L) bool, True = real)``.
-
-        Raises ``ValueError`` if a text is longer than ``max_length`` ids (nothing is truncated silently).
-        """
-        if isinstance(texts, (str, bytes)) or not texts:
-            raise TypeError("texts must be a non-empty sequence of str/bytes (wrap a single text in a list)")
-        encoded = [self.encode(t, add_special_tokens=add_special_tokens, special_tokens_in_text=special_tokens_in_text)
-                   for t in texts]
-        longest = max(len(e) for e in encoded)
-        if max_length is not None and longest > max_length:
-            raise ValueError(f"a text encodes to {longest} ids, more than max_length={max_length}")
-        longest = max(longest, 1)
-        ids = torch.full((len(encoded), longest), PAD_ID, dtype=torch.long)
-        mask = torch.zeros(len(encoded), longest, dtype=torch.bool)
-        for row, e in enumerate(encoded):
-            ids[row, :len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[row, :len(e)] = True
-        return ids, mask
 
 
 @dataclass(frozen=True, kw_only=True)
