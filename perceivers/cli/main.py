@@ -262,10 +262,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from perceivers.generation import generate
     from perceivers.generation.sampling import check_sampling_args
     from perceivers.models.perceiver_ar.model import PerceiverAR
-    from perceivers.tokenizers import AR_EOS_ID as EOS_ID
-    from perceivers.tokenizers import AR_VOCAB_SIZE as VOCAB_SIZE
     from perceivers.tokenizers import ARBytesTokenizer
 
     _set_threads(args.threads)
@@ -273,10 +272,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with user_input():  # the sampling flags, checked before any decoding
         check_sampling_args(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     model = _load(args.checkpoint, args.device)
-    if not isinstance(model, PerceiverAR) or model.config.vocab_size != VOCAB_SIZE:
+    tokenizer = ARBytesTokenizer()
+    if not isinstance(model, PerceiverAR) or model.config.vocab_size != tokenizer.vocab_size:
         raise ConfigError(f"--checkpoint {args.checkpoint} is not a byte-level Perceiver AR checkpoint "
-                          f"(vocab {VOCAB_SIZE})")
-    prompt = ARBytesTokenizer().encode(args.prompt, sos=True)
+                          f"(vocab {tokenizer.vocab_size})")
+    prompt = tokenizer.encode(args.prompt, sos=True)
     if len(prompt) > model.config.max_context_length:
         raise ConfigError(f"--prompt is {len(prompt)} tokens with its SOS: expected at most the model's "
                           f"max_context_length={model.config.max_context_length}")
@@ -284,16 +284,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     def stream(tokens: torch.Tensor) -> None:
         token = int(tokens[0])
-        if token >= 3:
-            sys.stdout.write(decoder.decode(bytes([token - 3])))
+        if token >= tokenizer.byte_offset:
+            sys.stdout.write(decoder.decode(bytes([token - tokenizer.byte_offset])))
             sys.stdout.flush()
 
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    model.generate([prompt], max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=EOS_ID,
-                   generator=generator, streamer=stream)
+    generate(model, [prompt], max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=tokenizer.eos_id,
+             generator=generator, streamer=stream)
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     sys.stdout.flush()
     return 0
