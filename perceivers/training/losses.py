@@ -2,8 +2,9 @@
 language modelling with Perceiver AR (text, copy).
 
 The LM loss is the mean cross-entropy of the latent predictions: latent ``i`` of a window with ``L`` valid inputs
-sits at ``s_i = L - N + i`` and predicts token ``s_i + 1`` (reference A.12, without the z-loss). Evaluation
-reports bits per byte on fixed windows, scoring the last ``N`` targets of each.
+sits at ``s_i = L - N + i`` and predicts token ``s_i + 1`` (the official loss without its z-loss; see
+docs/training.md#perceiver-ar-language-modelling-loss). Evaluation reports bits per byte on fixed windows, scoring
+the last ``N`` targets of each.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Registered Hierarchical Perceiver variants (official ``perceiver.py`` ``VARIANTS``, perceiver-ar-and-hip.md §B.10).
+"""Registered Hierarchical Perceiver variants (official ``perceiver.py`` ``VARIANTS``; docs/models.md#hip-variants).
 
 Parameter counts depend on the modalities (embedders, position tables and their projections are
 per modality). Every variant is built on the official test's mock modalities (``perceiver_test.py``):
