@@ -1,4 +1,5 @@
-"""A tiny synthetic classification task for the engine tests (a few thousand parameters, a few ms per step).
+"""A tiny synthetic classification task for the engine tests (a few thousand parameters, a few ms per step), and
+the helpers those tests share (quiet runs, saved weights compared exactly).
 
 Test hooks: ``kill_at`` / ``interrupt_at`` send SIGKILL / SIGINT to this process at that training-loss call,
 ``nan_at`` makes that call's loss NaN. Calls are counted per process (one per micro-batch).
@@ -13,12 +14,26 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
 from perceivers.training.losses import classification_loss
 from perceivers.training.task import Task
+
+QUIET = {"progress": False, "log": lambda *a, **k: None}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    """The saved model of a finished run."""
+    return load_file(run / "model" / "model.safetensors")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from _engine_tasks import TinyTask
-from safetensors.torch import load_file
+from _engine_tasks import QUIET, TinyTask, assert_same_weights, weights
 
 from perceivers.cli.main import main
 from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, step_dirs
@@ -23,18 +21,7 @@ from perceivers.training.recipes import digits, text
 from perceivers.training.runtime import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUIET = {"progress": False, "log": lambda *a, **k: None}
 SHORT = EngineConfig(epochs=4, batch_size=32, lr=3e-3, checkpoint_every=3, log_every=1, keep_last=3)
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(run / "model" / "model.safetensors")
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _engine_tasks import TinyTask
-from test_engine import QUIET, assert_same_weights, weights
+from _engine_tasks import QUIET, TinyTask, assert_same_weights, weights
 
 import perceivers
 from perceivers.training.checkpoint import latest_checkpoint

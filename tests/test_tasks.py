@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import torch.nn.functional as F
-from _engine_tasks import TinyTask
+from _engine_tasks import QUIET, TinyTask
 
 from perceivers.cli.main import main
 from perceivers.data.images import images_to_tokens
@@ -24,7 +24,6 @@ from perceivers.training.task import Task
 from perceivers.training.tasks import CopyTask, DigitsTask, TextTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUIET = {"progress": False, "log": lambda *a, **k: None}
 SETTINGS = (EngineConfig, Recipe, DigitsTask, TextTask, CopyTask, HiPMAETask, HiPFinetuneTask)
 ENGINE_KEYS = ["steps", "epochs", "batch_size", "drop_last", "lr", "optimizer", "betas", "eps", "schedule",
                "warmup_steps", "warmup_fraction", "constant_fraction", "weight_decay", "grad_clip", "grad_accum",

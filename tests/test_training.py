@@ -1,6 +1,7 @@
-"""Shared training pieces: classifier evaluation, the warm-up + cosine schedule, weight-decay groups, the digits data.
+"""Shared training pieces: classifier evaluation and the digits data.
 
-The loop itself (learning, seeding, config validation) is tested in test_engine.py."""
+The loop itself (learning, seeding, config validation), the optimisers, schedules and weight-decay groups are tested
+in test_engine.py; tasks, recipes and losses in test_tasks.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
 from perceivers.data.digits import load_digits_split, random_shift
 from perceivers.training.losses import evaluate_classifier
-from perceivers.training.optim import lr_factor, param_groups
 
 
 def _tiny_model() -> PerceiverIO:
@@ -38,22 +38,6 @@ def test_evaluate_matches_a_direct_computation():
     assert result["num_examples"] == 37
     assert result["accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
     assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
-
-
-def test_no_weight_decay_on_biases_and_norms():
-    model = _tiny_model()
-    decay, no_decay = param_groups(model, 0.1)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert any(p is model.encoder.latents for p in decay["params"])  # latents are decayed (official)
-    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
-
-
-def test_warmup_cosine_schedule():
-    def f(step: int) -> float:
-        return lr_factor(step, schedule="cosine", total_steps=100, warmup_steps=10)
-
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
 
 
 def test_digits_split_is_fixed_and_stratified():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from perceivers.core.files import atomic_write, read_json_object, write_json
+from perceivers.core.files import atomic_write, fsync_dir, read_json_object, write_json
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -73,17 +73,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def save_checkpoint(root: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer, strategy: str,
                     ctx, meta: dict[str, Any], keep_last: int) -> Path:
     """Collective: write the checkpoint of ``step`` (see the module docstring) and keep the last ``keep_last``.
@@ -115,7 +104,7 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module, optimizer: torch
     if ctx.is_main:
         write_json(tmp / "meta.json", {"format_version": FORMAT_VERSION, "step": step, "strategy": strategy,
                                        "world_size": ctx.world_size, **meta})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): replace it
             old = root / f".old-step-{step:08d}"
             os.replace(final, old)
@@ -123,7 +112,7 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module, optimizer: torch
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         for old in step_dirs(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     ctx.barrier()

@@ -89,9 +89,9 @@ class _Run:
         smallest = last if (last and not cfg.drop_last) else cfg.batch_size
         if smallest < self.chunks:
             raise ConfigError(f"batch_size={cfg.batch_size} cannot be split over {ctx.world_size} process(es) x "
-                             f"grad_accum={cfg.grad_accum} (the smallest batch has {smallest} items): use a larger "
-                             f"batch_size, or drop_last=True")
-        blocks = list(self.task.blocks(self.raw))
+                              f"grad_accum={cfg.grad_accum} (the smallest batch has {smallest} items): use a larger "
+                              f"batch_size, or drop_last=True")
+        blocks = self.task.blocks(self.raw)
         if cfg.activation_checkpointing:
             D.apply_activation_checkpointing(blocks)
         self.model = D.wrap(self.raw, cfg.strategy, ctx, blocks, find_unused_parameters=cfg.find_unused_parameters)
@@ -123,7 +123,7 @@ class _Run:
         latest = latest_checkpoint(self.ckpt_root)
         if latest is not None and not read_meta(latest).get("final", False):
             raise ConfigError(f"{self.out} holds an unfinished run (checkpoint {latest}): pass --resume to continue "
-                             "it, or choose another --out (or delete the folder) to start afresh")
+                              "it, or choose another --out (or delete the folder) to start afresh")
         ctx.barrier()
         if ctx.is_main:
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
