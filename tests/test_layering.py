@@ -135,3 +135,16 @@ def test_the_checker_sees_cycles_and_upward_imports():
              "perceivers.d": set()}
     assert cycles(edges) == [["perceivers.a", "perceivers.b", "perceivers.c"]]
     assert level("perceivers.models.hub") > level("perceivers.layers.attention")
+
+
+def test_test_modules_never_import_each_other():
+    """Tests share helpers through ``tests/testkit`` only: no test module imports another or ``conftest``."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(tests)} imports {n}" for n in names
+                      if n.split(".")[-1].startswith("test_") or n.split(".")[0] == "conftest"]
+    assert not found, "\n".join(found)

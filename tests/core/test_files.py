@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from perceivers.core.files import atomic_folder, atomic_write, interrupted_saves, read_json_object, write_json
+from perceivers.core.files import (
+    atomic_folder,
+    atomic_write,
+    interrupted_saves,
+    read_json_object,
+    write_json,
+)
 
 
 def _text(value: str):

@@ -1,4 +1,4 @@
-"""Folders saved before the consolidation (tests/data/legacy_v1) still load, and give the same outputs."""
+"""Folders saved before the consolidation (tests/fixtures/legacy_v1) still load, and give the same outputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import perceivers
 
-LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy_v1"
+LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_v1"
 
 
 def _unflatten(flat: dict[str, torch.Tensor], prefix: str) -> dict:

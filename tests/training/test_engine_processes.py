@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _engine_tasks import QUIET, TinyTask, assert_same_weights, weights
+from testkit.engine import QUIET, TinyTask, assert_same_weights, weights
 
 import perceivers
 from perceivers.training.checkpoint import latest_checkpoint
@@ -23,7 +23,7 @@ from perceivers.training.config import EngineConfig
 from perceivers.training.loop import run_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-WORKER = str(Path(__file__).with_name("_engine_worker.py"))
+WORKER = str(Path(__file__).resolve().parents[1] / "testkit" / "engine_worker.py")
 CFG = EngineConfig(steps=24, batch_size=32, lr=3e-3, checkpoint_every=3, log_every=1)
 ARGS = ["steps=24", "batch_size=32", "lr=3e-3", "checkpoint_every=3", "log_every=1", "dropout=0.1"]
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from _engine_tasks import QUIET, TinyTask, assert_same_weights, weights
+from testkit.engine import QUIET, TinyTask, assert_same_weights, weights
 
 from perceivers.cli.main import main
 from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, step_dirs

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_perceiver_ar import make, randomized, tiny_ar
+from testkit.perceiver_ar import make, randomized, tiny_ar
 
 from perceivers.generation import CachedDecoder, PerceiverARCache, generate
 from perceivers.generation.kv_cache import LayerKVCache

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_
+from testkit.models import randomize_
 
 from perceivers.layers.attention import Attention
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_
+from testkit.models import randomize_
 
 from perceivers.layers.blocks import (
     MLP,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_
+from testkit.models import randomize_
 
 from perceivers import (
     PerceiverIOConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_, tiny_prep
+from testkit.models import randomize_, tiny_prep
 
 from perceivers.layers.position import fourier_features, grid_positions
 from perceivers.preprocessors.image import (

@@ -1,6 +1,6 @@
 """Run :class:`TinyTask` on the engine from the command line (for torchrun and kill tests).
 
-``python tests/_engine_worker.py OUT [key=value ...]``: ``kill_at`` / ``interrupt_at`` / ``nan_at`` / ``noise`` /
+``python tests/testkit/engine_worker.py OUT [key=value ...]``: ``kill_at`` / ``interrupt_at`` / ``nan_at`` / ``noise`` /
 ``dropout`` go to the task, everything else to :class:`EngineConfig`; ``resume=1`` resumes; ``kill_in_save=N``
 SIGKILLs the process in the middle of its N-th checkpoint save; ``strategies=ddp,fsdp:lamb`` runs one after the
 other in one process group, into ``OUT/ddp`` and ``OUT/fsdp-lamb`` (``strategy:optimizer``).
@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _engine_tasks import TinyTask  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for testkit
 
 from perceivers.training.config import EngineConfig  # noqa: E402
 from perceivers.training.loop import run_task  # noqa: E402
 from perceivers.training.overrides import parse_value  # noqa: E402
+from testkit.engine import TinyTask  # noqa: E402
 
 TASK_KEYS = {"kill_at": int, "interrupt_at": int, "nan_at": int, "noise": float, "dropout": float}
 

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import official_haiku_tree, randomize_
+from testkit.models import official_haiku_tree, randomize_
 
 from perceivers.converters import haiku as hk
 from perceivers.models import create_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_
+from testkit.models import randomize_
 
 from perceivers.cli.main import main
 from perceivers.generation.fill_mask import fill_mask, masked_ids

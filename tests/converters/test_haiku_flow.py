@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import official_haiku_tree, randomize_
+from testkit.models import official_haiku_tree, randomize_
 
 from perceivers.cli.main import main
 from perceivers.converters import haiku as hk

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import torch.nn.functional as F
-from _engine_tasks import QUIET, TinyTask
+from testkit.engine import QUIET, TinyTask
 
 from perceivers.cli.main import main
 from perceivers.data.images import images_to_tokens

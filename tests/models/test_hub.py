@@ -8,8 +8,8 @@ import struct
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config, tiny_decoder, tiny_prep
 from safetensors.torch import load_file, save_file
+from testkit.models import randomize_, tiny_config, tiny_decoder, tiny_prep
 
 from perceivers import PerceiverIO, from_pretrained
 from perceivers.models.hub import CONFIG_NAME, WEIGHTS_NAME

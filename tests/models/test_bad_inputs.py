@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_decoder, tiny_encoder, tiny_prep
+from testkit.models import tiny_config, tiny_decoder, tiny_encoder, tiny_prep
 
 from perceivers import PerceiverIO
 from perceivers.layers.attention import Attention

@@ -6,7 +6,13 @@ import math
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config, tiny_decoder, tiny_encoder, tiny_prep
+from testkit.models import (
+    randomize_,
+    tiny_config,
+    tiny_decoder,
+    tiny_encoder,
+    tiny_prep,
+)
 
 from perceivers import PerceiverIO, create_model, list_models
 from perceivers.decoders.basic import (

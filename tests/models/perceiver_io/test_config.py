@@ -1,5 +1,5 @@
 """The one Perceiver IO config: tagged sub-configs in config.json, the task class each config builds, and the
-translation of the pre-consolidation layouts (tests/data/legacy_v1) to today's."""
+translation of the pre-consolidation layouts (tests/fixtures/legacy_v1) to today's."""
 
 from __future__ import annotations
 
@@ -29,9 +29,13 @@ from perceivers import (
 )
 from perceivers.core.registry import MODEL_TYPES
 from perceivers.models import get_config, list_models
-from perceivers.models.perceiver_io.legacy import LEGACY_MODEL_TYPES, is_current_layout, upgrade_layout
+from perceivers.models.perceiver_io.legacy import (
+    LEGACY_MODEL_TYPES,
+    is_current_layout,
+    upgrade_layout,
+)
 
-LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy_v1"
+LEGACY = Path(__file__).resolve().parents[2] / "fixtures" / "legacy_v1"
 ENCODER = EncoderConfig(num_latents=4, num_latent_channels=8, num_blocks=1, num_self_attends_per_block=1,
                         num_self_attend_heads=2)
 TASKS = {  # registered debug variant -> (task class, preprocessor tag, decoder tag)

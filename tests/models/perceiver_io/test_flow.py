@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
+from testkit.models import randomize_
 
 from perceivers import (
     FlowDecoderConfig,
