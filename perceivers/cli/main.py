@@ -5,11 +5,13 @@ Errors follow one policy: a mistake in what the user typed or pointed at is one 
 does for a malformed command line); anything else is a bug and propagates with its traceback (exit status 1).
 Two things count as a user's mistake:
 
-- a :class:`~perceivers.core.errors.UserError`, raised wherever the library validates what it was given (the
-  validation toolkit raises ``ConfigError`` / ``ConfigTypeError`` for every config, recipe or engine setting) and by
-  this module's own checks of its flags;
+- a :class:`~perceivers.core.errors.UserError`, raised wherever the library validates what it was given: the
+  validation toolkit (``ConfigError`` / ``ConfigTypeError``) for every config, recipe, task or engine setting, the
+  engine's device and strategy, a task's model, ``--resume``'s checkpoint (``CheckpointError`` is a ``ConfigError``),
+  the arguments of ``generate``, ``fill_mask``'s model and text, what ``convert`` cannot express, ``plot``'s files;
+  and this module's own checks of its flags;
 - a ``ValueError`` or ``OSError`` raised inside a :func:`user_input` block. Such a block wraps only a call whose job
-  is to read the user's input: a checkpoint folder, a foreign checkpoint file, a run folder's CSVs, ``--set`` text.
+  is to read the user's input: a checkpoint folder, a foreign checkpoint file, ``--set`` text.
 
 No block wraps a computation (training, generation, evaluation, a forward pass), so a plain ``ValueError`` or
 ``TypeError`` from inside one is never mistaken for bad input and shows where it came from.
@@ -225,7 +227,6 @@ def _override_pairs(args: argparse.Namespace, extra: list[str], bools: set[str])
 def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     import json
 
-    from perceivers.training.checkpoint import CheckpointError
     from perceivers.training.loop import run_task
     from perceivers.training.overrides import apply_overrides, bool_keys
     from perceivers.training.recipes import RECIPES
@@ -237,11 +238,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(recipe.to_dict(), indent=2, default=str))
         return 0
-    try:
+    try:  # a bad setting, model or --resume checkpoint is a UserError from inside the engine, before training
         result = run_task(recipe.task, recipe.engine, args.out or f"runs/{args.recipe}", resume=args.resume,
                           progress=not args.no_progress)
-    except CheckpointError as exc:  # --resume named a missing or unreadable checkpoint
-        raise UserError(f"--resume: {exc}") from exc
     except FloatingPointError as exc:
         print(f"perceivers train: error: {exc}", file=sys.stderr)
         return 3
@@ -251,8 +250,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from perceivers.training.plot import plot_run
 
-    with user_input():  # reads RUN_DIR's CSVs and draws them; its errors name the file and the problem
-        out = plot_run(args.run_dir, args.out)
+    out = plot_run(args.run_dir, args.out)  # a missing or malformed CSV, or a bad --out, is a UserError
     print(f"wrote {out}")
     return 0
 
@@ -269,8 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     check_int("--max-new-tokens", args.max_new_tokens, minimum=0)
-    with user_input():  # the sampling flags, checked before any decoding
-        check_sampling_args(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    check_sampling_args(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # before loading
     model = _load(args.checkpoint, args.device)
     tokenizer = ARBytesTokenizer()
     if not isinstance(model, PerceiverAR) or model.config.vocab_size != tokenizer.vocab_size:
@@ -304,9 +301,9 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     model = _load(args.checkpoint, args.device)
-    with user_input():  # fill_mask checks the model and the text before its one forward pass
-        result = fill_mask(model, args.text, mask_token=args.mask_token, add_special_tokens=args.add_special_tokens,
-                           device=args.device)
+    # fill_mask checks the model and the text (ConfigError) before its one forward pass, which is not wrapped
+    result = fill_mask(model, args.text, mask_token=args.mask_token, add_special_tokens=args.add_special_tokens,
+                       device=args.device)
     print(result.text)
     return 0
 
@@ -314,8 +311,12 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from perceivers.data.digits import load_digits_split
     from perceivers.training.losses import evaluate_classifier
+    from perceivers.training.tasks import DIGITS_MODEL, is_digits_classifier
 
     model = _load(args.checkpoint, args.device)
+    if not is_digits_classifier(model.config):
+        raise ConfigError(f"--checkpoint {args.checkpoint} holds a {type(model).__name__} that does not classify "
+                          f"the digits: expected a {DIGITS_MODEL} (e.g. from `perceivers train digits`)")
     data = load_digits_split()
     result = evaluate_classifier(model, data.test_images, data.test_labels, device=args.device)
     n = result["num_examples"]

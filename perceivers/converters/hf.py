@@ -52,7 +52,8 @@ from perceivers.converters.hf_multimodal import (
     hf_multimodal_config,
     multimodal_config_to_hf,
 )
-from perceivers.core.files import atomic_write, read_json_object, write_json
+from perceivers.core.errors import ConfigError, ConfigTypeError
+from perceivers.core.files import atomic_folder, read_json_object
 from perceivers.decoders import DecoderConfig
 from perceivers.encoders import EncoderConfig
 from perceivers.models.hub import (
@@ -100,18 +101,18 @@ def _get(hf: dict[str, Any], name: str) -> Any:
 
 
 def hf_architecture(hf: dict[str, Any]) -> str:
-    """The single supported HF head class named in ``architectures``; clear ``ValueError`` otherwise."""
+    """The single supported HF head class named in ``architectures``; ``ConfigError`` otherwise."""
     if hf.get("model_type", "perceiver") != "perceiver":
-        raise ValueError(f"config.json has model_type={hf.get('model_type')!r}, expected 'perceiver'")
+        raise ConfigError(f"config.json has model_type={hf.get('model_type')!r}, expected 'perceiver'")
     archs = hf.get("architectures")
     if not isinstance(archs, list) or len(archs) != 1:
-        raise ValueError(f"config.json must name exactly one class in 'architectures', got {archs!r}; "
-                         f"supported: {', '.join(SUPPORTED)}")
+        raise ConfigError(f"config.json must name exactly one class in 'architectures', got {archs!r}; "
+                          f"supported: {', '.join(SUPPORTED)}")
     arch = archs[0]
     if arch in NOT_SUPPORTED_YET:
-        raise ValueError(f"HF architecture {arch} is not supported yet; supported: {', '.join(SUPPORTED)}")
+        raise ConfigError(f"HF architecture {arch} is not supported yet; supported: {', '.join(SUPPORTED)}")
     if arch not in SUPPORTED:
-        raise ValueError(f"unknown HF architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+        raise ConfigError(f"unknown HF architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
     return arch
 
 
@@ -128,7 +129,7 @@ def hf_activation(hf: dict[str, Any], *, hf_compat: bool) -> str:
         return "gelu_tanh"
     act = _get(hf, "hidden_act")
     if act not in HF_TO_OURS_ACTIVATION:
-        raise ValueError(f"HF hidden_act={act!r} has no equivalent here; known: {sorted(HF_TO_OURS_ACTIVATION)}")
+        raise ConfigError(f"HF hidden_act={act!r} has no equivalent here; known: {sorted(HF_TO_OURS_ACTIVATION)}")
     return HF_TO_OURS_ACTIVATION[act]
 
 
@@ -203,7 +204,7 @@ def hf_config_to_ours(hf: dict[str, Any], *, hf_compat: bool = False) -> tuple[s
 
 def _require(ok: bool, what: str) -> None:
     if not ok:
-        raise ValueError(f"cannot express this model as an HF transformers Perceiver: {what}")
+        raise ConfigError(f"cannot express this model as an HF transformers Perceiver: {what}")
 
 
 def _hf_encoder_fields(enc: EncoderConfig, activation: str) -> dict[str, Any]:
@@ -231,9 +232,10 @@ def _check_hf_classification_decoder(dec: DecoderConfig, latent_channels: int) -
 
 
 def ours_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
-    """Our config -> an HF ``config.json`` dict (``architectures`` set); ``ValueError`` if HF cannot express it."""
+    """Our config -> an HF ``config.json`` dict (``architectures`` set); ``ConfigError`` (a ``ValueError``) if HF
+    cannot express it, ``ConfigTypeError`` for a config of another family."""
     if not isinstance(config, PerceiverIOConfig):
-        raise TypeError(f"expected a PerceiverIOConfig, got {type(config).__name__}")
+        raise ConfigTypeError(f"expected a PerceiverIOConfig, got {type(config).__name__}")
     fields = _hf_encoder_fields(config.encoder, config.activation)
     dec = config.decoder
     latent = config.encoder.num_latent_channels
@@ -279,8 +281,9 @@ def ours_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
                      "from HF with --hf-compat to get an HF-equivalent one)")
             arch = CONV
         else:
-            raise ValueError(f"cannot express this model as an HF transformers Perceiver: prep_type={p.prep_type!r} "
-                             f"with {p.position_encoding!r} positions (supported: pixels+fourier, conv1x1+trainable, conv+fourier)")
+            raise ConfigError(f"cannot express this model as an HF transformers Perceiver: prep_type={p.prep_type!r} "
+                              f"with {p.position_encoding!r} positions (supported: pixels+fourier, conv1x1+trainable, "
+                              "conv+fourier)")
         fields["image_size"] = h
     elif kind == "flow":
         fields.update(flow_fields_for_hf(config))
@@ -289,8 +292,8 @@ def ours_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
         fields.update(multimodal_config_to_hf(config))
         arch = MULTIMODAL
     else:
-        raise ValueError(f"cannot express this model as an HF transformers Perceiver: HF has no {kind!r} "
-                         f"preprocessor")
+        raise ConfigError(f"cannot express this model as an HF transformers Perceiver: HF has no {kind!r} "
+                          f"preprocessor")
     if dec.type == "classification":
         fields["id2label"] = {str(i): f"LABEL_{i}" for i in range(dec.num_outputs)}
         fields["label2id"] = {f"LABEL_{i}": i for i in range(dec.num_outputs)}
@@ -316,14 +319,14 @@ def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from exc
+            raise ConfigError(f"{weights} is not a readable safetensors file: {exc}") from exc
     elif legacy.is_file():
         try:  # weights_only: plain tensors and containers only, no arbitrary code
             state = torch.load(str(legacy), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any refusal is reported the same way
-            raise ValueError(f"{legacy} could not be read safely (torch.load weights_only=True): {exc}") from exc
+            raise ConfigError(f"{legacy} could not be read safely (torch.load weights_only=True): {exc}") from exc
         if not isinstance(state, dict):
-            raise ValueError(f"{legacy} does not hold a state dict")
+            raise ConfigError(f"{legacy} does not hold a state dict")
     else:
         raise FileNotFoundError(f"{weights} is missing (sharded checkpoints are not supported; "
                                 f"re-save with save_pretrained(max_shard_size='100GB'))")
@@ -335,12 +338,12 @@ def _undo_transpose(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
     HF's original converter reversed all axes of the Haiku HWIO kernel, so ``deepmind/vision-perceiver-conv``
     holds a spatially transposed kernel (docs/checkpoints.md, HF-8). Returns a new dict; other tensors
-    are the same objects. ``ValueError`` if the state has no 4-D conv kernel.
+    are the same objects. ``ConfigError`` (a ``ValueError``) if the state has no 4-D conv kernel.
     """
     kernel = state.get(_HF_CONV_KERNEL)
     if not isinstance(kernel, Tensor) or kernel.dim() != 4:
-        raise ValueError(f"undo_hf_kernel_transpose needs the 4-D conv kernel {_HF_CONV_KERNEL!r} "
-                         f"(only PerceiverForImageClassificationConvProcessing has one)")
+        raise ConfigError(f"undo_hf_kernel_transpose needs the 4-D conv kernel {_HF_CONV_KERNEL!r} "
+                          f"(only PerceiverForImageClassificationConvProcessing has one)")
     return {**state, _HF_CONV_KERNEL: kernel.transpose(2, 3).contiguous()}
 
 
@@ -351,14 +354,16 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
     Default: official semantics (tanh GELU, no query residual in the learned-position decoder, attention
     dropout 0). ``hf_compat=True``: HF's numbers (activation from ``hidden_act``, query residual on,
     ``attention_probs_dropout_prob`` kept, HF conv padding). ``undo_hf_kernel_transpose=True`` swaps the conv
-    classifier's kernel axes back (for ``deepmind/vision-perceiver-conv``; see the module docstring). Raises ``FileNotFoundError`` for missing files and ``ValueError``
-    for an unsupported architecture or missing / unexpected / mis-shaped tensors.
+    classifier's kernel axes back (for ``deepmind/vision-perceiver-conv``; see the module docstring). Raises
+    ``FileNotFoundError`` for missing files and ``ValueError`` (:class:`~perceivers.core.errors.ConfigError` for what
+    this module checks) for an unreadable file, an unsupported architecture or missing / unexpected / mis-shaped
+    tensors.
     """
     hf, hf_state = read_hf_folder(src)
     arch, config = hf_config_to_ours(hf, hf_compat=hf_compat)
     if undo_hf_kernel_transpose:
         if arch != CONV:
-            raise ValueError(f"{src}: undo_hf_kernel_transpose applies only to {CONV}, not {arch}")
+            raise ConfigError(f"{src}: undo_hf_kernel_transpose applies only to {CONV}, not {arch}")
         hf_state = _undo_transpose(hf_state)
     mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=config.encoder.num_self_attends_per_block)
     try:
@@ -367,24 +372,36 @@ def convert_hf_folder(src: str | os.PathLike, *, hf_compat: bool = False,
             model = PerceiverIO(config)  # the task class the config names
         load_state_dict_strict(model, state, source=f"{src} ({arch})")
     except ValueError as exc:  # one line: the table/loader errors list one key per line
-        raise ValueError(f"{src}: " + "; ".join(line.strip() for line in str(exc).splitlines())) from exc
+        raise ConfigError(f"{src}: " + "; ".join(line.strip() for line in str(exc).splitlines())) from exc
     return model.eval()
 
 
 def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write our folder ``src`` as an HF folder (``config.json`` + ``model.safetensors``) loadable by
-    ``transformers``' ``from_pretrained``."""
+    ``transformers``' ``from_pretrained``. ``out`` is written as one unit
+    (:func:`perceivers.core.files.atomic_folder`): an interrupted conversion leaves the old ``out`` whole, never new
+    weights beside an old config. ``ConfigError`` for a model HF cannot express."""
+    import json
+
     from safetensors.torch import save_file
 
     model = from_pretrained(src)
+    if not isinstance(model.config, PerceiverIOConfig):
+        raise ConfigError(f"{src} holds a {type(model).__name__}: only Perceiver IO models have a transformers "
+                          "Perceiver equivalent")
     hf = ours_config_to_hf(model.config)
     arch = hf["architectures"][0]
     mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=model.config.encoder.num_self_attends_per_block)
     reverse = {ours: theirs for theirs, ours in mapping.items()}
     state = map_state_dict(model.state_dict(), reverse, source="perceivers")
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    write_json(folder / CONFIG_NAME, hf)
-    return folder
+
+    def write_config(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(hf, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+    return atomic_folder(out, {
+        WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
+        CONFIG_NAME: write_config,
+    })

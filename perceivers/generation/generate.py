@@ -7,7 +7,9 @@ whose module doc gives the cache schedule and what each step's logits equal. On 
 the weight layout of :mod:`perceivers.generation.layout`.
 
 A *prompt* longer than ``max_context_length`` is an error (``ValueError`` naming ``prompt``), never
-silently truncated: slice it yourself.
+silently truncated: slice it yourself. Every check of a caller's argument raises
+:class:`~perceivers.core.errors.ConfigError` / :class:`~perceivers.core.errors.ConfigTypeError` (``ValueError`` /
+``TypeError`` subclasses) naming the argument; a plain ``ValueError`` from the decoding itself is a bug.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from perceivers.core.errors import ConfigError, ConfigTypeError
+from perceivers.core.validation import check_bool, check_int, check_optional_int
 from perceivers.generation.beam import beam_search
 from perceivers.generation.decoder import CachedDecoder, GenerationOutput
 from perceivers.generation.layout import column_major_linears
@@ -28,27 +32,28 @@ def _prompt_tensor(prompt: Any, prompt_lengths: Any, device: torch.device) -> tu
     """A right-padded ``(B, L)`` long tensor and its lengths ``(B,)`` from a tensor or lists of ids."""
     if isinstance(prompt, Tensor):
         if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
-            raise TypeError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
+            raise ConfigTypeError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
         ids = prompt[None] if prompt.dim() == 1 else prompt
         if ids.dim() != 2:
-            raise ValueError(f"prompt must have shape (B, L) or (L,), got {tuple(prompt.shape)}")
+            raise ConfigError(f"prompt must have shape (B, L) or (L,), got {tuple(prompt.shape)}")
         ids = ids.to(device=device, dtype=torch.long)
         if prompt_lengths is None:
             lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=device)
         else:
             lengths = torch.as_tensor(prompt_lengths, device=device)
             if lengths.dtype.is_floating_point or tuple(lengths.shape) != (ids.shape[0],):
-                raise ValueError(f"prompt_lengths must be {ids.shape[0]} integers, got {prompt_lengths!r}")
+                raise ConfigError(f"prompt_lengths must be {ids.shape[0]} integers, got {prompt_lengths!r}")
             if lengths.numel() and int(lengths.max()) > ids.shape[1]:
-                raise ValueError(f"prompt_lengths exceed the prompt width {ids.shape[1]}: {lengths.tolist()}")
+                raise ConfigError(f"prompt_lengths exceed the prompt width {ids.shape[1]}: {lengths.tolist()}")
         return ids, lengths.long()
     if prompt_lengths is not None:
-        raise ValueError("prompt_lengths is only for a padded tensor prompt; lists carry their own lengths")
+        raise ConfigError("prompt_lengths is only for a padded tensor prompt; lists carry their own lengths")
     if not isinstance(prompt, Sequence) or isinstance(prompt, str) or not prompt:
-        raise TypeError(f"prompt must be a tensor of token ids or a non-empty list of lists of ints, got {prompt!r}")
+        raise ConfigTypeError(f"prompt must be a tensor of token ids or a non-empty list of lists of ints, "
+                              f"got {prompt!r}")
     rows = [list(p) if isinstance(p, Sequence) and not isinstance(p, str) else None for p in prompt]
     if any(r is None or any(isinstance(t, bool) or not isinstance(t, int) for t in r) for r in rows):
-        raise TypeError("prompt must be a list of lists of int token ids")
+        raise ConfigTypeError("prompt must be a list of lists of int token ids")
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -58,25 +63,16 @@ def _prompt_tensor(prompt: Any, prompt_lengths: Any, device: torch.device) -> tu
 
 def _check_prompt(ids: Tensor, lengths: Tensor, config: Any) -> None:
     if ids.numel() == 0 or int(lengths.min()) < 1:
-        raise ValueError(f"prompt is empty (lengths {lengths.tolist()}): every prompt needs at least one token, "
-                         "e.g. the SOS id")
+        raise ConfigError(f"prompt is empty (lengths {lengths.tolist()}): every prompt needs at least one token, "
+                          "e.g. the SOS id")
     valid = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]
     bad = valid & ((ids < 0) | (ids >= config.vocab_size))
     if bool(bad.any()):
-        raise ValueError(f"prompt holds ids outside the vocabulary [0, {config.vocab_size}): "
-                         f"{sorted(set(ids[bad].tolist()))[:8]}")
+        raise ConfigError(f"prompt holds ids outside the vocabulary [0, {config.vocab_size}): "
+                          f"{sorted(set(ids[bad].tolist()))[:8]}")
     if int(lengths.max()) > config.max_context_length:
-        raise ValueError(f"prompt has {int(lengths.max())} tokens, more than max_context_length="
-                         f"{config.max_context_length}; keep its last {config.max_context_length} tokens")
-
-
-def _check_int_arg(name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} is invalid: expected an int >= {minimum}")
+        raise ConfigError(f"prompt has {int(lengths.max())} tokens, more than max_context_length="
+                          f"{config.max_context_length}; keep its last {config.max_context_length} tokens")
 
 
 def _check_args(model: Any, *, max_new_tokens: Any, num_beams: Any, do_sample: Any, eos_token_id: Any,
@@ -84,27 +80,29 @@ def _check_args(model: Any, *, max_new_tokens: Any, num_beams: Any, do_sample: A
     """Validate; returns the latent cache size ``S``."""
     c = model.config
     if model.training:
-        raise ValueError("generate needs an evaluation-mode model: call model.eval() first")
-    _check_int_arg("max_new_tokens", max_new_tokens, 0)
-    _check_int_arg("num_beams", num_beams, 1)
-    if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
+        raise ConfigError("generate needs an evaluation-mode model: call model.eval() first")
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
+    check_int("num_beams", num_beams)
+    check_bool("do_sample", do_sample)
     if do_sample and num_beams > 1:
-        raise ValueError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
+        raise ConfigError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
+    check_optional_int("eos_token_id", eos_token_id, minimum=0)
+    check_int("pad_token_id", pad_token_id, minimum=0)
     for name, value in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
-        _check_int_arg(name, value, 0, optional=name == "eos_token_id")
         if value is not None and value >= c.vocab_size:
-            raise ValueError(f"{name}={value} is outside the vocabulary [0, {c.vocab_size})")
+            raise ConfigError(f"{name}={value} is outside the vocabulary [0, {c.vocab_size})")
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise ConfigTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     s = cache_latents if cache_latents is not None else max(2, c.num_latents - c.num_latents % 2)
-    _check_int_arg("cache_latents", s, 2)
+    check_int("cache_latents", s, minimum=2)
     if s % 2 or s > c.max_context_length:
-        raise ValueError(f"cache_latents={s} is invalid: expected an even int in [2, max_context_length="
-                         f"{c.max_context_length}]")
+        raise ConfigError(f"cache_latents={s} is invalid: expected an even int in [2, max_context_length="
+                          f"{c.max_context_length}]")
     if c.position_grid is not None and longest + max_new_tokens > min(c.max_context_length, c.num_positions):
-        raise ValueError(f"max_new_tokens={max_new_tokens} would run past the position grid {c.position_grid} "
-                         f"(prompt of {longest} tokens, max_context_length={c.max_context_length})")
+        raise ConfigError(f"max_new_tokens={max_new_tokens} would run past the position grid {c.position_grid}: "
+                          f"a prompt of {longest} tokens leaves room for at most "
+                          f"{max(0, min(c.max_context_length, c.num_positions) - longest)} new tokens "
+                          f"(max_context_length={c.max_context_length})")
     return s
 
 
@@ -137,10 +135,10 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, cache_latents=cache_latents,
                     generator=generator, longest=int(lengths.max()))
     if streamer is not None and not callable(streamer):
-        raise TypeError(f"streamer must be callable, got {type(streamer).__name__}")
+        raise ConfigTypeError(f"streamer must be callable, got {type(streamer).__name__}")
     if num_beams > 1:
         if streamer is not None:
-            raise ValueError("streamer is not supported with beam search (num_beams > 1): beams change until the end")
+            raise ConfigError("streamer is not supported with beam search (num_beams > 1): beams change until the end")
         with column_major_linears(model, enabled=column_major_decode):
             return beam_search(model, ids, lengths, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                length_penalty=length_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,

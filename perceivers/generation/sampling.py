@@ -14,24 +14,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from perceivers.core.validation import check_float, check_optional_int
+
 
 def check_sampling_args(*, temperature: Any = 1.0, top_k: Any = None, top_p: Any = None) -> None:
-    """``ValueError``/``TypeError`` naming the argument unless ``temperature > 0``, ``top_k >= 1`` or
-    ``None``, ``top_p`` in ``(0, 1]`` or ``None``."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-    if not 0.0 < temperature < math.inf:
-        raise ValueError(f"temperature={temperature!r} is invalid: expected a finite float > 0")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise TypeError(f"top_k must be an int or None, got {type(top_k).__name__}")
-        if top_k < 1:
-            raise ValueError(f"top_k={top_k!r} is invalid: expected an int >= 1 or None")
+    """:class:`~perceivers.core.errors.ConfigError` (a ``ValueError``) or
+    :class:`~perceivers.core.errors.ConfigTypeError` (a ``TypeError``) naming the argument unless
+    ``temperature > 0``, ``top_k >= 1`` or ``None``, ``top_p`` in ``(0, 1]`` or ``None``."""
+    check_float("temperature", temperature, minimum=0.0, min_inclusive=False)
+    check_optional_int("top_k", top_k)
     if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
-            raise TypeError(f"top_p must be a float or None, got {type(top_p).__name__}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p={top_p!r} is invalid: expected a float in (0, 1]")
+        check_float("top_p", top_p, minimum=0.0, maximum=1.0, min_inclusive=False)
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:

@@ -25,14 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from perceivers.core.errors import ConfigError
 from perceivers.core.files import atomic_write, fsync_dir, read_json_object, write_json
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or unreadable; the message names the file and the problem."""
+class CheckpointError(ConfigError):
+    """A checkpoint is missing, incomplete or unreadable; the message names the file and the problem. A
+    :class:`~perceivers.core.errors.ConfigError` (so a ``ValueError`` and a
+    :class:`~perceivers.core.errors.UserError`): the checkpoint is the user's input (``--resume``)."""
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

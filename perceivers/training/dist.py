@@ -17,6 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from perceivers.core.errors import ConfigError
+from perceivers.core.validation import check_choice, fail
+
 STRATEGIES = ("none", "ddp", "fsdp")
 
 
@@ -54,27 +57,39 @@ class DistContext:
 
 
 def resolve_device(device: str, local_rank: int) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a bare ``cuda`` becomes ``cuda:LOCAL_RANK``."""
+    """``auto`` -> CUDA when available, else CPU; a bare ``cuda`` becomes ``cuda:LOCAL_RANK``. A device string
+    torch does not know, or a CUDA device this machine lacks, is a :class:`~perceivers.core.errors.ConfigError`
+    naming ``device``."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is invalid: expected a torch device such as cpu, cuda, cuda:1, "
+                          "or auto") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} is invalid: CUDA is not available on this machine")
+            fail("device", device, "cpu or auto: CUDA is not available on this machine")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            where = f" (LOCAL_RANK={local_rank})" if device == "cuda" else ""
+            fail("device", str(dev), f"a CUDA device this machine has ({count} of them){where}")
         torch.cuda.set_device(dev)
     return dev
 
 
 def setup(strategy: str, device: str) -> DistContext:
-    """Join (or create) the process group that ``strategy`` needs; ``WORLD_SIZE`` > 1 requires ddp or fsdp."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is invalid: expected one of {STRATEGIES}")
+    """Join (or create) the process group that ``strategy`` needs; ``WORLD_SIZE`` > 1 requires ddp or fsdp. A bad
+    ``strategy`` or ``device``, or several processes with ``strategy='none'``, is a
+    :class:`~perceivers.core.errors.ConfigError`."""
+    check_choice("strategy", strategy, STRATEGIES)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if strategy == "none" and world > 1:
-        raise ValueError(f"launched on {world} processes (torchrun): pass --strategy ddp or --strategy fsdp")
+        raise ConfigError(f"strategy='none' is invalid when launched on {world} processes (torchrun): pass "
+                          "--strategy ddp or --strategy fsdp")
     dev = resolve_device(device, local_rank)
     ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
     if strategy == "none" or dist.is_initialized():

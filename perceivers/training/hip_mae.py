@@ -44,6 +44,7 @@ from perceivers.core.validation import (
     check_int,
     check_optional_int,
     check_prob,
+    fail,
 )
 from perceivers.data.digits import load_digits_split, random_shift
 from perceivers.data.images import (
@@ -53,10 +54,10 @@ from perceivers.data.images import (
     write_png,
 )
 from perceivers.layers.position import fourier_features, grid_positions
-from perceivers.models import create_model, from_pretrained, get_config
-from perceivers.models.hip.config import HiPConfig
+from perceivers.models import create_model, from_pretrained
+from perceivers.models.hip import HiP, HiPClassifierConfig, HiPConfig
 from perceivers.training.losses import classification_loss, evaluate_classifier
-from perceivers.training.task import Task
+from perceivers.training.task import Task, model_config
 
 NORM_TARGETS = ("none", "example")
 DATA_SOURCES = ("digits", "natural")
@@ -64,6 +65,18 @@ POSITION_INITS = ("mae", "random", "fourier")
 TRANSFERS = ("positions", "encoder")
 
 # -------------------------------------------------------------------------------------------- pieces
+
+
+def _is_mae_hip(config: Any) -> bool:
+    """A HiP that :class:`HiPMAETask` can pretrain: mask tokens, one input modality, no label modality."""
+    return (isinstance(config, HiPConfig) and config.use_mask_token and len(config.inputs) == 1
+            and not config.label_modalities)
+
+
+def _is_digits_hip_classifier(config: Any) -> bool:
+    """A pooled HiP classifier that :class:`HiPFinetuneTask` can train on the digits."""
+    return (isinstance(config, HiPClassifierConfig) and config.num_classes == 10
+            and len(config.hip.inputs) == 1 and tuple(config.hip.modalities[config.hip.inputs[0]]) == (64, 1))
 
 
 def random_mask(batch_size: int, length: int, ratio: float, *, device: torch.device | str = "cpu",
@@ -113,7 +126,8 @@ def fourier_position_table(side: int, channels: int, num_bands: int | None = Non
         num_bands = (channels // 2 - 1) // 2
     width = 2 * (2 * num_bands + 1)
     if num_bands < 1 or width > channels:
-        raise ValueError(f"fourier bands={num_bands} need {width} channels but the table has {channels}")
+        fail("fourier_bands", num_bands, f"an int in [1, {(channels // 2 - 1) // 2}]: {num_bands} bands need "
+                                         f"2 * (2 * bands + 1) = {width} channels, the position table has {channels}")
     feats = fourier_features(grid_positions((side, side)), num_bands=num_bands, max_resolution=(side, side))
     return F.pad(feats, (0, channels - width))
 
@@ -185,12 +199,18 @@ class HiPMAETask(Task):
         for name in ("crop_size", "num_crops", "num_eval_crops", "grid_examples"):
             check_int(name, getattr(self, name))
         check_int("eval_seed", self.eval_seed, minimum=0)
+        if self.data == "natural":
+            check_int("crop_size", self.crop_size, minimum=2)
 
     def _images(self, train: bool) -> Tensor:
         if self.data == "digits":
             d = load_digits_split()
             return d.train_images if train else d.test_images
-        tr, te = _natural(self.crop_size, self.num_crops, self.num_eval_crops)
+        try:
+            tr, te = _natural(self.crop_size, self.num_crops, self.num_eval_crops)
+        except ValueError as exc:  # its one check left: crops larger than a photograph
+            raise ConfigError(f"crop_size={self.crop_size} is invalid: the crops must fit every photograph "
+                              f"({exc})") from exc
         return tr if train else te
 
     @cached_property
@@ -201,10 +221,8 @@ class HiPMAETask(Task):
     def _modality(self) -> str:
         """The name of the model's one image modality; ``ConfigError`` unless the model is a HiP that can learn
         from masks."""
-        c = get_config(self.model, **self._overrides)
-        if not isinstance(c, HiPConfig) or not c.use_mask_token or len(c.inputs) != 1 or c.label_modalities:
-            raise ConfigError(f"model={self.model!r} is invalid: expected a HiP with use_mask_token=True and one "
-                              "image modality")
+        c = model_config("model", self.model, _is_mae_hip, "HiP with use_mask_token=True and one image modality",
+                         **self._overrides)
         return c.inputs[0]
 
     def build_model(self) -> nn.Module:
@@ -318,16 +336,34 @@ class HiPFinetuneTask(Task):
 
     @cached_property
     def _modality(self) -> str:
-        return get_config(self.model).hip.inputs[0]
+        """The classifier's one modality, the digits' 64 grey pixels; ``ConfigError`` for another model."""
+        c = model_config("model", self.model, _is_digits_hip_classifier, "HiP classifier of one (64, 1) image "
+                         "modality (8x8 grey pixels) into 10 classes")
+        return c.hip.inputs[0]
+
+    def _pretrained_hip(self) -> HiP:
+        """The HiP saved in ``pretrained``; a folder that is missing, unreadable or not a HiP is a ``ConfigError``."""
+        try:  # reading the user's folder: its errors are about that folder
+            hip = from_pretrained(self.pretrained)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"pretrained={self.pretrained!r}: {exc}") from exc
+        if not isinstance(hip, HiP):
+            fail("pretrained", self.pretrained, f"the folder of a saved HiP (e.g. runs/hip-mae/model of `perceivers "
+                                                f"train hip-mae`), not a {type(hip).__name__}")
+        return hip
 
     def build_model(self) -> nn.Module:
+        _ = self._modality  # the model fits the task
         model = create_model(self.model)
         c = model.config.hip
         if self.positions == "mae":
-            hip = from_pretrained(self.pretrained)
+            hip = self._pretrained_hip()
             prefixes = ("position_tables.",) if self.transfer == "positions" else ("position_tables.", "embedders.",
                                                                                  "blocks.")
-            model.load_hip_weights(hip, prefixes)
+            try:  # raises ValueError when the two HiPs share no such tensor, or their shapes differ
+                model.load_hip_weights(hip, prefixes)
+            except ValueError as exc:
+                raise ConfigError(f"pretrained={self.pretrained!r} does not fit model={self.model!r}: {exc}") from exc
         elif self.positions == "fourier":
             with torch.no_grad():
                 for name, table in model.position_tables.items():

@@ -111,11 +111,14 @@ class _Run:
             if path is None:
                 raise CheckpointError(f"--resume: no checkpoint under {self.ckpt_root} (a complete one holds "
                                       "meta.json); run without --resume to start")
+            if not path.is_dir():
+                raise CheckpointError(f"--resume: checkpoint folder {str(path)!r} does not exist")
             meta = load_checkpoint(path, model=self.plain, optimizer=self.optimizer, strategy=self.cfg.strategy,
                                    ctx=ctx)
             state.update({k: meta[k] for k in state if k in meta})
             if meta["step"] > self.total:
-                raise CheckpointError(f"{path / 'meta.json'}: step {meta['step']} is beyond this run's {self.total}")
+                raise CheckpointError(f"{path / 'meta.json'}: step {meta['step']} is beyond this run's {self.total} "
+                                      "steps: resume with at least as many steps (--steps / --epochs)")
             if ctx.is_main:
                 self.records.truncate_after(meta["step"])
             self.log(f"resumed from {path} at step {meta['step']}/{self.total}")
@@ -213,6 +216,8 @@ class _Run:
     # ----------------------------------------------------------------------------------------------- main
     def run(self, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
         ctx = self.ctx
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"{self.out} is a file: the run folder (--out) must be a folder")
         self._build()
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)

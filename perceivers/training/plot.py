@@ -1,10 +1,17 @@
-"""``perceivers plot RUN_DIR``: the curves of a run's ``metrics.csv`` / ``eval.csv`` in one PNG (matplotlib)."""
+"""``perceivers plot RUN_DIR``: the curves of a run's ``metrics.csv`` / ``eval.csv`` in one PNG (matplotlib).
+
+A missing, unreadable or malformed CSV, an output path that cannot be written and a missing matplotlib are
+:class:`~perceivers.core.errors.UserError` (``ConfigError`` where a file or path is at fault) naming the file; an
+error while drawing is not.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
 from pathlib import Path
+
+from perceivers.core.errors import ConfigError, UserError
 
 _NOT_CURVES = {"step", "epoch", "elapsed_s", "skipped"}
 
@@ -14,20 +21,24 @@ def _is_curve(name: str) -> bool:
 
 
 def read_csv(path: Path) -> dict[str, list[float]]:
-    """Columns of a records CSV as floats (empty cells become NaN); ``ValueError`` naming the file if malformed."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
+    """Columns of a records CSV as floats (empty cells become NaN); ``ConfigError`` (a ``ValueError``) naming the
+    file if it is unreadable or malformed."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path} cannot be read as a CSV file: {exc}") from exc
     if not rows or "step" not in rows[0]:
-        raise ValueError(f"{path} has no header with a 'step' column: not a perceivers metrics file")
+        raise ConfigError(f"{path} has no header with a 'step' column: not a perceivers metrics file")
     header, columns = rows[0], {name: [] for name in rows[0]}
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise ValueError(f"{path}, line {number}: {len(row)} fields, expected {len(header)}")
+            raise ConfigError(f"{path}, line {number}: {len(row)} fields, expected {len(header)}")
         for name, cell in zip(header, row):
             try:
                 columns[name].append(float(cell) if cell != "" else math.nan)
             except ValueError:
-                raise ValueError(f"{path}, line {number}: {name}={cell!r} is not a number") from None
+                raise ConfigError(f"{path}, line {number}: {name}={cell!r} is not a number") from None
     return columns
 
 
@@ -37,14 +48,22 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run = Path(run_dir)
     train_csv, eval_csv = run / "metrics.csv", run / "eval.csv"
     if not train_csv.is_file():
-        raise FileNotFoundError(f"{train_csv} is missing: RUN_DIR must be a folder written by `perceivers train`")
+        raise ConfigError(f"{train_csv} is missing: RUN_DIR must be a folder written by `perceivers train`")
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        raise ValueError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
+        raise UserError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
+    target = Path(out) if out is not None else run / "curves.png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if target.suffix.lstrip(".").lower() not in formats:
+        raise ConfigError(f"{target}: cannot tell the image format from its extension; use one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{target}: the folder {target.parent} does not exist")
     panels: list[tuple[str, list[float], list[float], str]] = []
     train = read_csv(train_csv)
     panels += [(name, train["step"], values, "train") for name, values in train.items() if _is_curve(name)]
@@ -52,7 +71,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ev = read_csv(eval_csv)
         panels += [(name, ev["step"], values, "eval") for name, values in ev.items() if _is_curve(name)]
     if not train["step"]:
-        raise ValueError(f"{train_csv} has no rows yet")
+        raise ConfigError(f"{train_csv} has no rows yet")
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -68,7 +87,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.axis("off")
     fig.suptitle(run.resolve().name)
     fig.tight_layout()
-    target = Path(out) if out is not None else run / "curves.png"
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(target, dpi=110)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc}") from exc
+    finally:
+        plt.close(fig)
     return target

@@ -9,13 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from perceivers.core.validation import fail
+from perceivers.models import get_config, list_models
 from perceivers.training.dist import block_modules
+
+
+def model_config(field: str, name: Any, fits: Callable[[Any], bool], expected: str, **overrides: Any) -> Any:
+    """The config of the registered model ``name`` (a task's ``field`` setting, e.g. ``model``) with ``overrides``.
+
+    :class:`~perceivers.core.errors.ConfigError` naming ``field`` unless ``name`` is registered and its config
+    ``fits`` the task (checked before the overrides, which assume the right family); the message says what was
+    ``expected`` and lists the registered models that fit."""
+    names = list_models()
+    if name in names and fits(get_config(name)):
+        return get_config(name, **overrides)
+    fitting = [n for n in names if fits(get_config(n))]
+    fail(field, name, f"a registered {expected}: {', '.join(fitting) or 'none is registered'}")
 
 
 class Task(ABC):

@@ -41,7 +41,10 @@ from perceivers.data.text import (
     load_corpus,
     validation_windows,
 )
-from perceivers.models import create_model, get_config
+from perceivers.models import create_model
+from perceivers.models.perceiver_ar import PerceiverARConfig
+from perceivers.models.perceiver_io import PerceiverIOConfig
+from perceivers.preprocessors import ImagePreprocessorConfig
 from perceivers.training.losses import (
     classification_loss,
     evaluate_bits_per_byte,
@@ -49,10 +52,25 @@ from perceivers.training.losses import (
     latent_targets,
     lm_loss,
 )
-from perceivers.training.task import Task
+from perceivers.training.task import Task, model_config
 
 AR_ALIASES = {"latents": "num_latents", "layers": "num_layers", "heads": "num_heads"}
 AR_SIZES = ("num_latents", "channels", "num_layers", "num_heads")
+#: What the digits task trains and ``perceivers eval digits`` scores.
+DIGITS_MODEL = "Perceiver IO classifier of 1x8x8 images into 10 classes"
+
+
+def is_digits_classifier(config: Any) -> bool:
+    """Whether ``config`` is a :data:`DIGITS_MODEL`: the shape of the digits' images and labels."""
+    p = getattr(config, "preprocessor", None)
+    return (isinstance(config, PerceiverIOConfig) and isinstance(p, ImagePreprocessorConfig)
+            and tuple(p.image_size) == (8, 8) and p.in_channels == 1
+            and config.decoder.type == "classification" and config.decoder.num_outputs == 10)
+
+
+def is_perceiver_ar(config: Any) -> bool:
+    """Whether ``config`` is a Perceiver AR (what the text and copy tasks train)."""
+    return isinstance(config, PerceiverARConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +89,7 @@ class DigitsTask(Task):
         check_prob("label_smoothing", self.label_smoothing)
 
     def build_model(self) -> nn.Module:
+        model_config("model", self.model, is_digits_classifier, DIGITS_MODEL)
         return create_model(self.model)
 
     def train_dataset(self, seed: int) -> Dataset:
@@ -166,7 +185,7 @@ class TextTask(Task):
     @cached_property
     def _dims(self) -> tuple[int, int]:
         """(context M, latents N) of the configured model (validated by its config)."""
-        c = get_config(self.model, **self.model_overrides())
+        c = model_config("model", self.model, is_perceiver_ar, "Perceiver AR model", **self.model_overrides())
         if self.eval_context is not None and self.eval_context < c.max_context_length:
             fail("eval_context", self.eval_context, f">= the model's context {c.max_context_length}")
         return c.max_context_length, c.num_latents
@@ -175,6 +194,7 @@ class TextTask(Task):
         return _corpus(self.data_root, self.include_tests)
 
     def build_model(self) -> nn.Module:
+        _ = self._dims  # fail early on a model of another family or a too short eval_context
         return create_model(self.model, **self.model_overrides())
 
     def train_dataset(self, seed: int) -> Dataset:
@@ -249,13 +269,14 @@ class CopyTask(Task):
     @cached_property
     def _num_latents(self) -> int:
         """N of the configured model (its context is ``length - 1``); at least 2."""
-        c = get_config(self.model, **self.model_overrides())
+        c = model_config("model", self.model, is_perceiver_ar, "Perceiver AR model", **self.model_overrides())
         if c.num_latents < 2:
             fail("num_latents", c.num_latents, ">= 2 for the copy task (the last latent predicts EOS; the ones "
                                                "before it score the copies)")
         return c.num_latents
 
     def build_model(self) -> nn.Module:
+        _ = self._num_latents  # fail early on a model the copy task cannot train
         return create_model(self.model, **self.model_overrides())
 
     def train_dataset(self, seed: int) -> Dataset:

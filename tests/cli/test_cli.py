@@ -131,6 +131,42 @@ def bad_config_checkpoint(ar_checkpoint, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def grid_checkpoint(tmp_path_factory):
+    """A Perceiver AR with a (2, 2, 3) position grid: room for 12 tokens after SOS."""
+    from perceivers.models import create_model
+
+    model = create_model("perceiver-ar-debug", position_encoding="absolute", position_grid=(2, 2, 3),
+                         max_context_length=12, num_latents=4)
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "grid")
+
+
+@pytest.fixture(scope="module")
+def mlm_checkpoint(tmp_path_factory):
+    from perceivers.models import create_model
+
+    return create_model("perceiver-io-language-debug").save_pretrained(tmp_path_factory.mktemp("ckpt") / "mlm")
+
+
+@pytest.fixture(scope="module")
+def run_folders(tmp_path_factory) -> dict[str, Path]:
+    """Run folders a user may point at: plottable, a malformed CSV, an unfinished run, a corrupted checkpoint, and
+    a file where a folder belongs."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, csv in [("plottable", "step,loss\n1,0.5\n2,0.25\n"), ("bad_csv", "step,loss\n1,fast\n")]:
+        (root / name).mkdir()
+        (root / name / "metrics.csv").write_text(csv)
+    unfinished = root / "unfinished" / "checkpoints" / "step-00000001"
+    unfinished.mkdir(parents=True)
+    (unfinished / "meta.json").write_text(json.dumps({"format_version": 1, "step": 1, "final": False}))
+    corrupt = root / "corrupt" / "step-00000001"
+    corrupt.mkdir(parents=True)
+    (corrupt / "meta.json").write_text("{")
+    (root / "a_file").write_text("not a folder")
+    return {"plottable": root / "plottable", "bad_csv": root / "bad_csv", "unfinished": root / "unfinished",
+            "corrupt": corrupt, "file": root / "a_file"}
+
+
 USER_ERRORS = [
     (["generate", "--threads", "0"], "--threads=0 is invalid: expected an int >= 1"),
     (["generate", "--max-new-tokens", "-1"], "--max-new-tokens=-1 is invalid: expected an int >= 0"),
@@ -139,28 +175,64 @@ USER_ERRORS = [
     (["generate", "--prompt", "x" * 40], "--prompt is 41 tokens"),  # context 32
     (["generate", "--checkpoint", "{missing}"], "--checkpoint: checkpoint folder"),
     (["generate", "--checkpoint", "{bad_config}"], "--checkpoint: num_latents=0 is invalid"),
+    (["generate", "--temperature", "0"], "temperature=0.0 is invalid"),
+    (["generate", "--top-p", "1.5"], "top_p=1.5 is invalid"),
+    (["generate", "--checkpoint", "{grid}", "--max-new-tokens", "12"], "past the position grid (2, 2, 3)"),
     (["fill-mask", "--text", "a[MASK]"], "masked language model"),  # an AR checkpoint
+    (["fill-mask", "--checkpoint", "{mlm}", "--text", "no mask"], "the text contains no '[MASK]'"),
+    (["fill-mask", "--checkpoint", "{mlm}", "--text", "a[MASK]", "--mask-token", ""], "mask_token='' is invalid"),
+    (["fill-mask", "--checkpoint", "{mlm}", "--text", "x" * 64 + "[MASK]"], "this model reads at most 64"),
     (["eval", "digits", "--checkpoint", "{missing}"], "does not exist"),
+    (["eval", "digits", "--checkpoint", "{mlm}"], "does not classify the digits"),
     (["train", "digits", "--set", "lr"], "--set 'lr' is invalid: expected KEY=VALUE"),
     (["train", "digits", "--lr", "fast"], "lr='fast' is invalid: expected a number"),
     (["train", "digits", "--lr"], "--lr needs a value"),
     (["train", "digits", "--epochs", "0"], "epochs=0 is invalid"),
     (["train", "digits", "--no-such-setting", "1"], "unknown setting 'no-such-setting'"),
+    # the engine's set-up (training/dist.py, training/loop.py)
+    (["train", "digits", "--device", "nowhere"], "device='nowhere' is invalid"),
+    (["train", "digits", "--device", "cuda:99"], "device='cuda:99' is invalid"),  # with or without CUDA
+    (["train", "digits", "--batch-size", "1", "--grad-accum", "2"], "batch_size=1 cannot be split"),
+    (["train", "digits", "--out", "{unfinished}"], "holds an unfinished run"),
+    (["train", "digits", "--out", "{file}"], "must be a folder"),
+    (["train", "digits", "--resume"], "--resume: no checkpoint under"),
+    (["train", "digits", "--resume", "{missing}"], "--resume: checkpoint folder"),
+    (["train", "digits", "--resume", "{corrupt}"], "meta.json is corrupted"),  # a CheckpointError
+    # the task's model and its context lengths (training/tasks.py, training/hip_mae.py)
+    (["train", "digits", "--model", "nope"], "model='nope' is invalid: expected a registered Perceiver IO"),
+    (["train", "digits", "--model", "perceiver-ar-debug"], "model='perceiver-ar-debug' is invalid"),
+    (["train", "text", "--model", "perceiver-io-digits"], "expected a registered Perceiver AR model"),
+    (["train", "text", "--context", "4"], "num_latents=128 is invalid: expected <= max_context_length=4"),
+    (["train", "text", "--eval-context", "512"], "eval_context=512 is invalid"),
+    (["train", "copy", "--length", "8", "--latents", "8"], "num_latents=8 is invalid"),
+    (["train", "copy", "--latents", "1"], "num_latents=1 is invalid"),
+    (["train", "hip-mae", "--model", "hip-debug"], "model='hip-debug' is invalid"),
+    (["train", "hip-mae-finetune", "--pretrained", "{missing}"], "pretrained="),
+    (["train", "hip-mae-finetune", "--pretrained", "{ar}"], "expected the folder of a saved HiP"),
+    (["train", "hip-mae-finetune", "--positions", "fourier", "--fourier-bands", "100"], "fourier_bands=100 is"),
     (["plot", "{missing}"], "metrics.csv is missing"),
+    (["plot", "{bad_csv}"], "fast' is not a number"),
+    (["plot", "{plottable}", "--out", "{missing}/curves.png"], "does not exist"),
+    (["plot", "{plottable}", "--out", "{out}.nope"], "cannot tell the image format"),
     (["convert", "haiku", "{missing}", "{out}"], "does not exist"),
     (["convert", "hf", "{missing}", "{out}"], "does not exist"),
     (["convert", "to-hf", "{missing}", "{out}"], "does not exist"),
+    (["convert", "to-hf", "{ar}", "{out}"], "only Perceiver IO models"),
+    (["convert", "to-hf", "{mlm}", "{out}"], "cannot express this model as an HF transformers Perceiver"),
 ]
 
 
-@pytest.mark.parametrize("argv, message", USER_ERRORS, ids=[" ".join(a[:3]) for a, _ in USER_ERRORS])
-def test_user_errors_are_one_line_exit_2(argv, message, ar_checkpoint, bad_config_checkpoint, tmp_path, capsys):
-    names = {"missing": tmp_path / "missing", "bad_config": bad_config_checkpoint, "out": tmp_path / "out"}
+@pytest.mark.parametrize("argv, message", USER_ERRORS, ids=[" ".join(a)[:70] for a, _ in USER_ERRORS])
+def test_user_errors_are_one_line_exit_2(argv, message, ar_checkpoint, bad_config_checkpoint, grid_checkpoint,
+                                         mlm_checkpoint, run_folders, tmp_path, capsys):
+    names = {"missing": tmp_path / "missing", "bad_config": bad_config_checkpoint, "out": tmp_path / "out",
+             "ar": ar_checkpoint, "grid": grid_checkpoint, "mlm": mlm_checkpoint, **run_folders}
     argv = [a.format(**names) for a in argv]
     if argv[0] in ("generate", "fill-mask") and "--checkpoint" not in argv:
         argv += ["--checkpoint", str(ar_checkpoint)]
-    if argv[0] == "train":
-        argv += ["--out", str(tmp_path / "run"), "--no-progress"]
+    if argv[0] == "train":  # one step at most, should a case not fail
+        argv = [*argv[:2], "--no-progress", "--steps", "1", *argv[2:],
+                *([] if "--out" in argv else ["--out", str(tmp_path / "run")])]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"perceivers {argv[0]}: error: ") and err.count("\n") == 1, err
@@ -199,6 +271,41 @@ def test_internal_errors_propagate(monkeypatch, ar_checkpoint):
     monkeypatch.setattr(perceivers.models.hub, "load_state_dict_strict", type_bug)
     with pytest.raises(TypeError, match="while loading"):
         main(["generate", "--checkpoint", str(ar_checkpoint)])
+
+
+def test_torchrun_without_a_strategy_is_one_line(monkeypatch, tmp_path, capsys):
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", "digits", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "strategy='none' is invalid when launched on 2 processes" in err, err
+
+
+def _bug(*args, **kwargs):
+    raise ValueError("a bug inside a computation")
+
+
+@pytest.mark.parametrize("where", ["fill-mask forward pass", "generate decoding", "train loss", "plot drawing"])
+def test_errors_inside_computations_keep_their_traceback(where, monkeypatch, ar_checkpoint, mlm_checkpoint,
+                                                         run_folders, tmp_path):
+    """The library's own checks come before these computations; a ValueError raised inside one is a bug."""
+    from perceivers.generation.decoder import CachedDecoder
+    from perceivers.models.perceiver_io import PerceiverIOLanguage
+    from perceivers.training import plot
+    from perceivers.training.tasks import DigitsTask
+
+    patch, argv = {
+        "fill-mask forward pass": ((PerceiverIOLanguage, "forward"),
+                                   ["fill-mask", "--checkpoint", str(mlm_checkpoint), "--text", "a[MASK]"]),
+        "generate decoding": ((CachedDecoder, "full_pass"), ["generate", "--checkpoint", str(ar_checkpoint)]),
+        "train loss": ((DigitsTask, "training_loss"),
+                       ["train", "digits", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run")]),
+        "plot drawing": ((plot, "_is_curve"), ["plot", str(run_folders["plottable"]), "--out", str(tmp_path / "c.png")]),
+    }[where]
+    monkeypatch.setattr(*patch, _bug)
+    with pytest.raises(ValueError, match="a bug inside a computation") as exc:
+        main(argv)
+    assert not isinstance(exc.value, UserError)
 
 
 def test_internal_error_shows_traceback_and_exit_1():

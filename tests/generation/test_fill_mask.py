@@ -7,6 +7,7 @@ import torch
 from testkit.models import randomize_
 
 from perceivers.cli.main import main
+from perceivers.core.errors import UserError
 from perceivers.generation.fill_mask import fill_mask, masked_ids
 from perceivers.models import create_model
 from perceivers.tokenizers import MASK_ID, NUM_SPECIAL
@@ -30,8 +31,18 @@ def test_masked_ids():
     ids = masked_ids("a[MASK][MASK]é")
     assert ids == [ord("a") + 6, MASK_ID, MASK_ID, 0xC3 + 6, 0xA9 + 6]
     assert masked_ids("a<m>", mask_token="<m>", add_special_tokens=True) == [4, ord("a") + 6, MASK_ID, 5]
-    with pytest.raises(ValueError, match="no '\\[MASK\\]'"):
+    with pytest.raises(ValueError, match="no '\\[MASK\\]'") as err:
         masked_ids("nothing to fill")
+    assert isinstance(err.value, UserError)
+    with pytest.raises(UserError, match="mask_token='' is invalid"):
+        masked_ids("a", mask_token="")
+
+
+def test_fill_mask_refuses_other_models_before_running_them():
+    with pytest.raises(UserError, match="got a sequence classifier"):
+        fill_mask(create_model("perceiver-io-language-classifier", device="meta"), "a[MASK]")
+    with pytest.raises(UserError, match="got a PerceiverAR"):
+        fill_mask(create_model("perceiver-ar-debug"), "a[MASK]")
 
 
 def test_fill_mask_keeps_unmasked_bytes():

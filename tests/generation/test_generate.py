@@ -10,6 +10,7 @@ import pytest
 import torch
 from testkit.perceiver_ar import make, randomized, tiny_ar
 
+from perceivers.core.errors import UserError
 from perceivers.generation import CachedDecoder, PerceiverARCache, generate
 from perceivers.generation.kv_cache import LayerKVCache
 from perceivers.generation.layout import FusedQKVAttention, column_major_linears
@@ -297,13 +298,27 @@ def test_beam_search_eos_hypotheses():
     (dict(num_beams=2, do_sample=True), ValueError, "num_beams"),
     (dict(eos_token_id=11), ValueError, "eos_token_id"),
     (dict(generator=0), TypeError, "generator"),
+    (dict(streamer=0), TypeError, "streamer"),
+    (dict(streamer=print, num_beams=2), ValueError, "streamer"),
 ])
 def test_generate_errors_name_the_argument(kwargs, exc, match):
+    """A caller's bad argument is a ConfigError / ConfigTypeError (the command line prints it as one line)."""
     model = make("rotary")
     args = dict(prompt=[[1, 2]], max_new_tokens=3)
     args.update(kwargs)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as err:
         generate(model, args.pop("prompt"), **args)
+    assert isinstance(err.value, UserError)
+
+
+def test_generate_past_the_position_grid_is_a_user_error():
+    from perceivers.models import create_model
+
+    model = create_model("perceiver-ar-debug", position_encoding="absolute", position_grid=(2, 2, 3),
+                         max_context_length=12, num_latents=4).eval()
+    assert generate(model, [[1, 2]], max_new_tokens=10).sequences.shape == (1, 12)  # fills the grid exactly
+    with pytest.raises(UserError, match="max_new_tokens=11 would run past the position grid .* at most 10 new"):
+        generate(model, [[1, 2]], max_new_tokens=11)
 
 
 def test_training_mode_and_cache_misuse_are_rejected():
