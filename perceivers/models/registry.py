@@ -14,24 +14,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from perceivers.core.errors import ConfigError, ConfigTypeError
 from perceivers.core.registry import VARIANTS, ModelEntry
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted registered names, optionally filtered by a substring."""
     if pattern is not None and not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a str or None, got {type(pattern).__name__}")
+        raise ConfigTypeError(f"pattern must be a str or None, got {type(pattern).__name__}")
     return sorted(n for n in VARIANTS if pattern is None or pattern in n)
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; unknown names raise ``ValueError`` suggesting close names."""
+    """The registry entry for ``name``; unknown names raise :class:`~perceivers.core.errors.ConfigError` (a
+    ``ValueError``) suggesting close names."""
     if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+        raise ConfigTypeError(f"model name must be a str, got {type(name).__name__}")
     if name not in VARIANTS:
         close = difflib.get_close_matches(name, list(VARIANTS), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(VARIANTS))}")
+        raise ConfigError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(VARIANTS))}")
     return VARIANTS[name]
 
 

@@ -106,3 +106,13 @@ def test_configs_are_fresh_and_frozen():
     assert a == b
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.activation = "relu"  # frozen dataclass
+
+
+def test_unknown_names_are_user_errors():
+    """The command line prints a UserError in one line: an unknown model name is the user's mistake."""
+    from perceivers.core.errors import ConfigError, ConfigTypeError
+
+    with pytest.raises(ConfigError, match="unknown model 'perceiver-io-digitz'.*Did you mean 'perceiver-io-digits'"):
+        get_entry("perceiver-io-digitz")
+    with pytest.raises(ConfigTypeError, match="model name must be a str, got int"):
+        get_entry(3)
