@@ -53,7 +53,7 @@ from perceivers.converters.hf_multimodal import (
     multimodal_config_to_hf,
 )
 from perceivers.core.errors import ConfigError, ConfigTypeError
-from perceivers.core.files import atomic_folder, read_json_object
+from perceivers.core.files import read_json_object
 from perceivers.decoders import DecoderConfig
 from perceivers.encoders import EncoderConfig
 from perceivers.models.hub import (
@@ -61,6 +61,7 @@ from perceivers.models.hub import (
     WEIGHTS_NAME,
     from_pretrained,
     load_state_dict_strict,
+    write_weights_folder,
 )
 from perceivers.models.perceiver_io import PerceiverIO, PerceiverIOConfig
 from perceivers.preprocessors import ImagePreprocessorConfig, TextPreprocessorConfig
@@ -381,10 +382,6 @@ def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path
     ``transformers``' ``from_pretrained``. ``out`` is written as one unit
     (:func:`perceivers.core.files.atomic_folder`): an interrupted conversion leaves the old ``out`` whole, never new
     weights beside an old config. ``ConfigError`` for a model HF cannot express."""
-    import json
-
-    from safetensors.torch import save_file
-
     model = from_pretrained(src)
     if not isinstance(model.config, PerceiverIOConfig):
         raise ConfigError(f"{src} holds a {type(model).__name__}: only Perceiver IO models have a transformers "
@@ -394,14 +391,4 @@ def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path
     mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=model.config.encoder.num_self_attends_per_block)
     reverse = {ours: theirs for theirs, ours in mapping.items()}
     state = map_state_dict(model.state_dict(), reverse, source="perceivers")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-
-    def write_config(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(hf, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-
-    return atomic_folder(out, {
-        WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
-        CONFIG_NAME: write_config,
-    })
+    return write_weights_folder(out, state, hf)

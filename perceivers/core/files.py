@@ -40,15 +40,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     fsync_dir(path.parent)
 
 
-def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
+def json_writer(data: dict[str, Any]) -> Callable[[str], None]:
+    """A ``write(path)`` that writes ``data`` as indented, key-sorted JSON (for :func:`atomic_write` and
+    :func:`atomic_folder`)."""
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
+    def write(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
             fh.write("\n")
 
-    atomic_write(path, write)
+    return write
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
+    atomic_write(path, json_writer(data))
 
 
 #: Deepest nesting accepted in a JSON file we read (configs are a few levels deep).

@@ -14,7 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from perceivers.core.files import atomic_folder, interrupted_saves, read_json_object
+from perceivers.core.files import (
+    atomic_folder,
+    interrupted_saves,
+    json_writer,
+    read_json_object,
+)
 from perceivers.core.registry import MODEL_TYPES
 
 CONFIG_NAME = "config.json"
@@ -23,29 +28,28 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
+def write_weights_folder(directory: str | os.PathLike, state: dict[str, torch.Tensor],
+                         config: dict[str, Any]) -> Path:
+    """Write ``state`` as ``model.safetensors`` (contiguous CPU tensors) and ``config`` as ``config.json`` into
+    ``directory``, as one unit (:func:`~perceivers.core.files.atomic_folder`). Returns the folder."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return atomic_folder(directory, {
+        WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
+        CONFIG_NAME: json_writer(config),
+    })
+
+
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:
     """Write ``model`` (with ``config.to_dict()`` and ``model_type``) as ``config.json`` + ``model.safetensors``
     (float weights and buffers, contiguous, on the CPU). Returns the folder."""
-    import json
-
-    from safetensors.torch import save_file
-
     state = model.state_dict()
     if any(v.is_meta for v in state.values()):
         raise ValueError("cannot save a model whose parameters are on the meta device; materialise it first")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     config = {"model_type": model.model_type, "format_version": FORMAT_VERSION,  # type: ignore[attr-defined]
               "config": model.config.to_dict()}  # type: ignore[attr-defined]
-
-    def write_config(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(config, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-
-    return atomic_folder(save_directory, {
-        WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
-        CONFIG_NAME: write_config,
-    })
+    return write_weights_folder(save_directory, state, config)
 
 
 def _missing_folder_error(directory: Path) -> FileNotFoundError:
