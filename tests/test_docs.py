@@ -6,14 +6,17 @@
   ``<a id="...">``;
 - every page under docs/ is linked from README.md;
 - every ``benchmarks/...`` or ``examples/...`` script named in a page exists (the measured figures cite them
-  as their commands);
+  as their commands), and so does every ``tests/...`` file or folder a page names;
+- every ``python`` code block of a page is valid Python (the examples themselves were run by hand);
+- no page carries an open ``TODO(lead)`` marker;
 - README's model table lists every registered model with its exact parameter count, and nothing else;
 - a ``docs/PAGE.md#anchor`` cited in the code exists, and no code cites reference notes kept outside the
-  repository (expected to fail until issue 12's citation pass is done).
+  repository.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -29,6 +32,8 @@ REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 HTML_ANCHOR = re.compile(r"<a\s+(?:id|name)\s*=\s*\"([^\"]+)\"", re.IGNORECASE)
 SCRIPT = re.compile(r"(?<![\w/.-])((?:benchmarks|examples)/[\w./-]+\.py)\b")
+TEST_PATH = re.compile(r"(?<![\w/.-])(tests/[\w./-]*\w)")
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def prose_lines(text: str) -> list[str]:
@@ -126,6 +131,30 @@ def test_named_scripts_exist(page: Path):
     text = page.read_text(encoding="utf-8")
     missing = sorted({s for s in SCRIPT.findall(text) if not (ROOT / s).is_file()})
     assert not missing, f"{page.relative_to(ROOT)} names scripts that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_test_files_exist(page: Path):
+    text = page.read_text(encoding="utf-8")
+    missing = sorted({s for s in TEST_PATH.findall(text) if not (ROOT / s).exists()})
+    assert not missing, f"{page.relative_to(ROOT)} names test files or folders that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_parse(page: Path):
+    problems = []
+    for block in PYTHON_BLOCK.findall(page.read_text(encoding="utf-8")):
+        try:
+            ast.parse(block)
+        except SyntaxError as exc:
+            problems.append(f"line {exc.lineno} of the block starting {block.splitlines()[0]!r}: {exc.msg}")
+    assert not problems, f"{page.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_open_todo_markers(page: Path):
+    lines = [n for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1) if "TODO(lead)" in line]
+    assert not lines, f"{page.relative_to(ROOT)} has TODO(lead) markers on lines {lines}"
 
 
 def test_slug_follows_github():
