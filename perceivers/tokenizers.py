@@ -2,9 +2,9 @@
 
 ========  ==========================================  ===================================
 id        :class:`BytesTokenizer`                     :class:`ARBytesTokenizer`
-          (Perceiver IO masked LM; official           (Perceiver AR byte models; reference
-          ``bytes_tokenizer.py``, HF                  A.2: text, copy task, ``perceivers
-          ``PerceiverTokenizer``)                     generate``)
+          (Perceiver IO masked LM; official           (Perceiver AR byte models, see
+          ``bytes_tokenizer.py``, HF                  docs/models.md#byte-tokenizer: text,
+          ``PerceiverTokenizer``)                     copy task, ``perceivers generate``)
 ========  ==========================================  ===================================
 0         ``[PAD]`` (``PAD_ID``)                      PAD (``AR_PAD_ID``)
 1         ``[BOS]`` (``BOS_ID``)                      EOS (``AR_EOS_ID``)

@@ -1,7 +1,7 @@
 """Perceiver IO ``config.json`` layouts written before the one-config model, translated to today's layout.
 
 Until the 2026-12 consolidation each Perceiver IO task had its own model type and config class, and the
-sub-configs carried no ``type`` tag (examples in ``tests/data/legacy_v1``):
+sub-configs carried no ``type`` tag (examples in ``tests/fixtures/legacy_v1``):
 
 - ``perceiver_io``: ``preprocessor`` an image config (or ``null``), ``decoder`` with ``type`` already;
 - ``perceiver_io_language``: ``preprocessor`` a text config (``vocab_size``, ``max_seq_len``, ...);
