@@ -3,7 +3,7 @@
 ========  ==========================================  ===================================
 id        :class:`BytesTokenizer`                     :class:`ARBytesTokenizer`
           (Perceiver IO masked LM; official           (Perceiver AR byte models, see
-          ``bytes_tokenizer.py``, HF                  docs/models.md#byte-tokenizer: text,
+          ``bytes_tokenizer.py``, HF                  docs/models.md#byte-tokenizers: text,
           ``PerceiverTokenizer``)                     copy task, ``perceivers generate``)
 ========  ==========================================  ===================================
 0         ``[PAD]`` (``PAD_ID``)                      PAD (``AR_PAD_ID``)
