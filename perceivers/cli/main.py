@@ -20,15 +20,16 @@ No block wraps a computation (training, generation, evaluation, a forward pass),
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from perceivers import __version__
 from perceivers.core.errors import ConfigError, UserError
-from perceivers.core.validation import check_int, check_optional_int, fail
+from perceivers.cli.common import load_model, set_threads, user_input
+from perceivers.cli.convert import add_convert, cmd_convert
+from perceivers.core.validation import check_int
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -104,41 +105,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device")
 
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert official / Hugging Face checkpoints (to and from our folder format)",
-                       description="Convert foreign checkpoints into a perceivers folder (config.json + "
-                                   "model.safetensors).")
-    conv = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    h = conv.add_parser("haiku", help="an official DeepMind Haiku parameter file (.pystate / .pickle)",
-                        description="Read an official Haiku parameter pickle with a restricted unpickler (dicts, "
-                                    "numpy arrays and Haiku FlatMapping only) and write our folder. ImageNet "
-                                    "classifiers, the language MLM, optical flow and the multimodal autoencoder are "
-                                    "recognised automatically.")
-    h.add_argument("params", help="path of the official parameter file")
-    h.add_argument("out", help="output folder")
-    h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
-    f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
-                        description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
-                                    "SequenceClassification, ImageClassificationLearned, ImageClassificationConvProcessing, "
-                                    "OpticalFlow, MultimodalAutoencoding) to our folder. Default: "
-                                    "official semantics (tanh GELU, no query residual in the learned-position "
-                                    "decoder, attention dropout 0, flow in pixels); --hf-compat reproduces HF's outputs.")
-    f.add_argument("src", help="HF model folder")
-    f.add_argument("out", help="output folder")
-    f.add_argument("--hf-compat", action="store_true",
-                   help="reproduce HF numbers: activation from hidden_act, learned decoder query residual, "
-                        "attention_probs_dropout_prob from the HF config")
-    f.add_argument("--undo-hf-kernel-transpose", action="store_true",
-                   help="ImageClassificationConvProcessing only: swap the 7x7 kernel's spatial axes back, for the "
-                        "HF Hub checkpoint deepmind/vision-perceiver-conv (HF's converter transposed them); not for "
-                        "models created or trained with transformers")
-    t = conv.add_parser("to-hf", help="our folder -> a Hugging Face transformers Perceiver folder",
-                        description="Write config.json (HF field names, architectures) + model.safetensors loadable "
-                                    "by transformers' from_pretrained.")
-    t.add_argument("src", help="our model folder")
-    t.add_argument("out", help="output HF folder")
-
-
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered models with parameter counts",
                        description="List the model registry; counts are computed on the meta device (no memory).")
@@ -154,47 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot(sub)
     _add_eval(sub)
     _add_models(sub)
-    _add_convert(sub)
+    add_convert(sub)
     _add_generate(sub)
     _add_fill_mask(sub)
     return parser
-
-
-@contextlib.contextmanager
-def user_input(argument: str | None = None) -> Iterator[None]:
-    """Treat a ``ValueError`` or ``OSError`` raised in the block as bad user input: re-raise it as a one-line
-    :class:`UserError`, prefixed with ``argument`` (the flag that named the input). Wrap only calls that read input
-    (see the module docstring), never a computation."""
-    try:
-        yield
-    except (UserError, ValueError, OSError) as exc:
-        raise UserError(f"{argument}: {exc}" if argument else str(exc)) from exc
-
-
-def _load(checkpoint: str, device: str):
-    """The model folder ``--checkpoint`` on ``--device``; a missing, unreadable or mismatched folder is a user error."""
-    import torch
-
-    from perceivers.models import from_pretrained
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None:
-        fail("--device", device, "a torch device such as cpu, cuda or cuda:1")
-    elif dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        fail("--device", device, f"a device this machine has ({torch.cuda.device_count()} CUDA devices)")
-    with user_input("--checkpoint"):
-        return from_pretrained(checkpoint, device=device)
-
-
-def _set_threads(threads: int | None) -> None:
-    import torch
-
-    check_optional_int("--threads", threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 def _override_pairs(args: argparse.Namespace, extra: list[str], bools: set[str]) -> list[tuple[str, str]]:
@@ -231,7 +160,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
     from perceivers.training.overrides import apply_overrides, bool_keys
     from perceivers.training.recipes import RECIPES
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     recipe = RECIPES[args.recipe]()
     with user_input():  # the recipe's and the engine's settings validate the typed values
         recipe = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe)))
@@ -265,10 +194,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from perceivers.models.perceiver_ar.model import PerceiverAR
     from perceivers.tokenizers import ARBytesTokenizer
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     check_int("--max-new-tokens", args.max_new_tokens, minimum=0)
     check_sampling_args(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # before loading
-    model = _load(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device)
     tokenizer = ARBytesTokenizer()
     if not isinstance(model, PerceiverAR) or model.config.vocab_size != tokenizer.vocab_size:
         raise ConfigError(f"--checkpoint {args.checkpoint} is not a byte-level Perceiver AR checkpoint "
@@ -299,8 +228,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     from perceivers.generation.fill_mask import fill_mask
 
-    _set_threads(args.threads)
-    model = _load(args.checkpoint, args.device)
+    set_threads(args.threads)
+    model = load_model(args.checkpoint, args.device)
     # fill_mask checks the model and the text (ConfigError) before its one forward pass, which is not wrapped
     result = fill_mask(model, args.text, mask_token=args.mask_token, add_special_tokens=args.add_special_tokens,
                        device=args.device)
@@ -313,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from perceivers.training.losses import evaluate_classifier
     from perceivers.training.tasks import DIGITS_MODEL, is_digits_classifier
 
-    model = _load(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device)
     if not is_digits_classifier(model.config):
         raise ConfigError(f"--checkpoint {args.checkpoint} holds a {type(model).__name__} that does not classify "
                           f"the digits: expected a {DIGITS_MODEL} (e.g. from `perceivers train digits`)")
@@ -322,37 +251,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = result["num_examples"]
     print(f"test accuracy: {result['accuracy']:.4f} ({round(result['accuracy'] * n)}/{n}), "
           f"test loss {result['loss']:.4f}")
-    return 0
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    # A converter reads a foreign file and maps its keys strictly: its errors (a missing file, an unsupported head,
-    # missing or unexpected keys) are about that file.
-    if args.source == "hf":
-        from perceivers.converters.hf import convert_hf_folder
-
-        with user_input():
-            model = convert_hf_folder(args.src, hf_compat=args.hf_compat,
-                                      undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
-        with user_input("OUT"):
-            out = model.save_pretrained(args.out)
-        mode = "HF-compatible" if args.hf_compat else "official semantics"
-        print(f"converted {args.src} ({model.num_parameters():,} parameters, {mode}) -> {out}")
-        return 0
-    if args.source == "to-hf":
-        from perceivers.converters.hf import convert_to_hf_folder
-
-        with user_input():
-            out = convert_to_hf_folder(args.src, args.out)
-        print(f"converted {args.src} -> {out} (transformers format)")
-        return 0
-    from perceivers.converters.haiku import convert_haiku_file
-
-    with user_input():
-        model = convert_haiku_file(args.params, args.model)
-    with user_input("OUT"):
-        out = model.save_pretrained(args.out)
-    print(f"converted {args.params} ({model.num_parameters():,} parameters) -> {out}")
     return 0
 
 

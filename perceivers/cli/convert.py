@@ -1,0 +1,73 @@
+"""``perceivers convert``: foreign checkpoints into our folder format, and ours out to other formats."""
+
+from __future__ import annotations
+
+import argparse
+
+from perceivers.cli.common import user_input
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert official / Hugging Face checkpoints (to and from our folder format)",
+                       description="Convert foreign checkpoints into a perceivers folder (config.json + "
+                                   "model.safetensors).")
+    conv = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    h = conv.add_parser("haiku", help="an official DeepMind Haiku parameter file (.pystate / .pickle)",
+                        description="Read an official Haiku parameter pickle with a restricted unpickler (dicts, "
+                                    "numpy arrays and Haiku FlatMapping only) and write our folder. ImageNet "
+                                    "classifiers, the language MLM, optical flow and the multimodal autoencoder are "
+                                    "recognised automatically.")
+    h.add_argument("params", help="path of the official parameter file")
+    h.add_argument("out", help="output folder")
+    h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
+    f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
+                        description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
+                                    "SequenceClassification, ImageClassificationLearned, ImageClassificationConvProcessing, "
+                                    "OpticalFlow, MultimodalAutoencoding) to our folder. Default: "
+                                    "official semantics (tanh GELU, no query residual in the learned-position "
+                                    "decoder, attention dropout 0, flow in pixels); --hf-compat reproduces HF's outputs.")
+    f.add_argument("src", help="HF model folder")
+    f.add_argument("out", help="output folder")
+    f.add_argument("--hf-compat", action="store_true",
+                   help="reproduce HF numbers: activation from hidden_act, learned decoder query residual, "
+                        "attention_probs_dropout_prob from the HF config")
+    f.add_argument("--undo-hf-kernel-transpose", action="store_true",
+                   help="ImageClassificationConvProcessing only: swap the 7x7 kernel's spatial axes back, for the "
+                        "HF Hub checkpoint deepmind/vision-perceiver-conv (HF's converter transposed them); not for "
+                        "models created or trained with transformers")
+    t = conv.add_parser("to-hf", help="our folder -> a Hugging Face transformers Perceiver folder",
+                        description="Write config.json (HF field names, architectures) + model.safetensors loadable "
+                                    "by transformers' from_pretrained.")
+    t.add_argument("src", help="our model folder")
+    t.add_argument("out", help="output HF folder")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    # A converter reads a foreign file and maps its keys strictly: its errors (a missing file, an unsupported head,
+    # missing or unexpected keys) are about that file.
+    if args.source == "hf":
+        from perceivers.converters.hf import convert_hf_folder
+
+        with user_input():
+            model = convert_hf_folder(args.src, hf_compat=args.hf_compat,
+                                      undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
+        with user_input("OUT"):
+            out = model.save_pretrained(args.out)
+        mode = "HF-compatible" if args.hf_compat else "official semantics"
+        print(f"converted {args.src} ({model.num_parameters():,} parameters, {mode}) -> {out}")
+        return 0
+    if args.source == "to-hf":
+        from perceivers.converters.hf import convert_to_hf_folder
+
+        with user_input():
+            out = convert_to_hf_folder(args.src, args.out)
+        print(f"converted {args.src} -> {out} (transformers format)")
+        return 0
+    from perceivers.converters.haiku import convert_haiku_file
+
+    with user_input():
+        model = convert_haiku_file(args.params, args.model)
+    with user_input("OUT"):
+        out = model.save_pretrained(args.out)
+    print(f"converted {args.params} ({model.num_parameters():,} parameters) -> {out}")
+    return 0
