@@ -111,7 +111,8 @@ def test_output_scale_official_pixels_and_hf_raw():
         torch.testing.assert_close(official(frames), raw(frames) * 20.0, rtol=1e-6, atol=0)
         z, tokens = raw.forward_features(frames)
         head = raw.decoder.output(raw.decoder.cross_attend(tokens, z))  # (B, M, 2) before rescaling
-        torch.testing.assert_close(raw(frames), (head / 100.0).reshape(2, H, W, 2), rtol=0, atol=0)
+        # not bit-exact: the model decodes in chunks, whose GEMM shapes take other kernel paths on AVX2
+        torch.testing.assert_close(raw(frames), (head / 100.0).reshape(2, H, W, 2), rtol=1e-5, atol=1e-6)
 
 
 def test_fresh_model_has_zero_flow_head():
