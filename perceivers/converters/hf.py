@@ -74,6 +74,8 @@ CONV = "PerceiverForImageClassificationConvProcessing"
 SUPPORTED = (FOURIER, MLM, SEQ_CLS, LEARNED, CONV, FLOW, MULTIMODAL)
 NOT_SUPPORTED_YET = ("PerceiverModel",)
 _TABLES = {**HEAD_TABLES, MULTIMODAL: MULTIMODAL_TABLE}
+#: Model classes with no transformers equivalent -> the family name used in errors.
+_FAMILY_NAMES = {"PerceiverAR": "Perceiver AR", "HiP": "HiP", "HiPClassifier": "HiP"}
 
 #: HF ``hidden_act`` -> our activation (used with ``hf_compat=True``).
 HF_TO_OURS_ACTIVATION = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu"}
@@ -303,6 +305,18 @@ def ours_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- files
 
+#: Lines of torch.load's refusal that advise loading the file unsafely: never passed on to the user.
+_UNSAFE_ADVICE = ("weights_only", "trusted source", "safe_globals", "torch.load", "arbitrary code")
+
+
+def torch_load_refusal(exc: BaseException) -> str:
+    """The reason in ``torch.load(weights_only=True)``'s refusal, one line, without torch's advice to retry with
+    unsafe loading (which could run code from the file)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not any(a in ln for a in _UNSAFE_ADVICE)]
+    return " ".join(kept) or "it is not a plain tensor pickle"
+
+
 def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(config dict, state dict)`` of an HF folder; never unpickles arbitrary objects."""
     from safetensors import SafetensorError
@@ -324,8 +338,9 @@ def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     elif legacy.is_file():
         try:  # weights_only: plain tensors and containers only, no arbitrary code
             state = torch.load(str(legacy), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any refusal is reported the same way
-            raise ConfigError(f"{legacy} could not be read safely (torch.load weights_only=True): {exc}") from exc
+        except Exception as exc:  # any refusal is reported the same way
+            raise ConfigError(f"{legacy} was refused: {torch_load_refusal(exc)}; perceivers reads only plain "
+                              f"tensors from a pickle (re-save the weights as {WEIGHTS_NAME})") from exc
         if not isinstance(state, dict):
             raise ConfigError(f"{legacy} does not hold a state dict")
     else:
@@ -384,8 +399,10 @@ def convert_to_hf_folder(src: str | os.PathLike, out: str | os.PathLike) -> Path
     weights beside an old config. ``ConfigError`` for a model HF cannot express."""
     model = from_pretrained(src)
     if not isinstance(model.config, PerceiverIOConfig):
-        raise ConfigError(f"{src} holds a {type(model).__name__}: only Perceiver IO models have a transformers "
-                          "Perceiver equivalent")
+        family = _FAMILY_NAMES.get(type(model).__name__, type(model).__name__)
+        raise ConfigError(f"{src} holds a {family} model ({type(model).__name__}): transformers has no {family}; "
+                          f"only Perceiver IO models have a transformers Perceiver equivalent (convert to-hf writes "
+                          f"{', '.join(SUPPORTED)})")
     hf = ours_config_to_hf(model.config)
     arch = hf["architectures"][0]
     mapping = expand_rows(_TABLES[arch], num_self_attends_per_block=model.config.encoder.num_self_attends_per_block)
