@@ -25,7 +25,8 @@ from perceivers.core.validation import (
 
 REGROUP_TYPES = ("reshape", "transpose_reshape")
 _PER_BLOCK = ("num_groups", "num_self_attend_layers", "num_latents", "num_channels", "num_self_attend_heads",
-              "num_cross_attend_heads")
+              "num_cross_attend_heads", "self_attend_widening_factor", "cross_attend_widening_factor")
+_WIDENING = ("self_attend_widening_factor", "cross_attend_widening_factor")
 
 
 def _check_modalities(obj: Any) -> None:
@@ -56,6 +57,9 @@ class HiPConfig(ConfigBase):
             are embedded to the processor's input width and concatenated to its keys/values.
         num_groups, num_self_attend_layers, num_latents (per group), num_channels,
             num_self_attend_heads, num_cross_attend_heads: one entry per block.
+        self_attend_widening_factor, cross_attend_widening_factor: MLP widening of each block's
+            self-attention layers / cross-attention, one entry per block (official ``VARIANTS``); a single int
+            is accepted and applies to every block (stored as a tuple).
         num_embedding_channels: ``C_emb``, width of the embedded inputs and position tables.
         num_position_encoding_channels: only compared with ``C_emb``: when not ``None`` and different,
             every modality slot gets a bias-free ``C_emb x C_emb`` projection of its position table.
@@ -82,8 +86,8 @@ class HiPConfig(ConfigBase):
     num_channels: tuple[int, ...] = (128, 1024, 128)
     num_self_attend_heads: tuple[int, ...] = (4, 32, 4)
     num_cross_attend_heads: tuple[int, ...] = (1, 1, 1)
-    self_attend_widening_factor: int = 4
-    cross_attend_widening_factor: int = 1
+    self_attend_widening_factor: tuple[int, ...] | int = 4
+    cross_attend_widening_factor: tuple[int, ...] | int = 1
     num_embedding_channels: int = 32
     num_position_encoding_channels: int | None = 512
     num_position_slots: int | None = None
@@ -104,14 +108,19 @@ class HiPConfig(ConfigBase):
                 fail("label_modalities", name, f"one of the modalities {list(self.modalities)}")
         if len(self.inputs) == 0:
             fail("label_modalities", self.label_modalities, "at least one modality that is not a label")
+        normalize_int_tuple(self, "num_groups", self.num_groups)
+        k = len(self.num_groups)
+        for name in _WIDENING:  # one int = the same widening in every block
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                check_int(name, value)
+                object.__setattr__(self, name, (value,) * k)
         for name in _PER_BLOCK:
             normalize_int_tuple(self, name, getattr(self, name))
-        k = len(self.num_groups)
         for name in _PER_BLOCK:
             if len(getattr(self, name)) != k:
                 fail(name, getattr(self, name), f"{k} entries (one per block, as num_groups)")
-        for name in ("self_attend_widening_factor", "cross_attend_widening_factor", "num_embedding_channels"):
-            check_int(name, getattr(self, name))
+        check_int("num_embedding_channels", self.num_embedding_channels)
         if self.num_position_encoding_channels is not None:
             check_int("num_position_encoding_channels", self.num_position_encoding_channels)
         if self.num_position_slots is not None:

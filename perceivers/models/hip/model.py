@@ -52,8 +52,8 @@ def build_block(c: HiPConfig, i: int) -> HiPBlock:
         in_channels=c.num_embedding_channels if i == 0 else c.num_channels[i - 1], channels=c.num_channels[i],
         num_groups=c.num_groups[i], num_latents=c.num_latents[i], num_self_attend_layers=c.num_self_attend_layers[i],
         num_self_attend_heads=c.num_self_attend_heads[i], num_cross_attend_heads=c.num_cross_attend_heads[i],
-        self_attend_widening_factor=c.self_attend_widening_factor,
-        cross_attend_widening_factor=c.cross_attend_widening_factor, regroup_inputs=i > 0,
+        self_attend_widening_factor=c.self_attend_widening_factor[i],
+        cross_attend_widening_factor=c.cross_attend_widening_factor[i], regroup_inputs=i > 0,
         regroup_type=c.regroup_type, skip_channels=c.num_channels[k - 1 - i] if i > mid else None,
         num_latents_train=c.processor_num_latents_train if i == mid else None, dropout_prob=c.dropout_prob,
         drop_path_rate=c.drop_path_rate)

@@ -57,7 +57,8 @@ class PerceiverARConfig(ConfigBase):
     ``max_context_length``: the longest input ``M``. ``num_latents``: default ``N`` (overridable per
     call). ``max_wavelength``: rotary wavelength range, ``None`` = ``max_context_length``.
     ``position_encoding='absolute'`` adds one table per position axis (summed): one axis of
-    ``max_context_length + 1`` rows, or with ``position_grid`` (e.g. ``(64, 64, 3)`` for ImageNet 64) one
+    ``position_table_size`` rows (``None`` = ``max_context_length + 1``; the official size is the dataset's
+    ``event_idx_size``: ``+ 1`` for the copy task, ``+ 2`` for text, which reserves a row for SOS), or with ``position_grid`` (e.g. ``(64, 64, 3)`` for ImageNet 64) one
     table of ``g + 2`` rows per axis (0 = padding, 1 = the SOS token, pixels from 2, raster order).
     ``position_init``: ``'sinusoidal'`` (sin half, cos half) or ``'random'`` (truncated normal, std 1);
     tables are frozen (``requires_grad=False``, still counted and saved) unless
@@ -84,6 +85,7 @@ class PerceiverARConfig(ConfigBase):
     position_init: str = "sinusoidal"
     learnable_position_embeddings: bool = False
     position_grid: tuple[int, ...] | None = None
+    position_table_size: int | None = None
     embedding_init_scale: float = 1.0
     train_input_positions: int = 0
     encoder_dropout_prob: float = 0.0
@@ -103,6 +105,7 @@ class PerceiverARConfig(ConfigBase):
         check_scale("embedding_init_scale", self.embedding_init_scale)
         check_bools(self, "learnable_position_embeddings")
         normalize_int_tuple(self, "position_grid", self.position_grid, allow_none=True)
+        self._check_table_size()
         if self.num_latents > self.max_context_length:
             fail("num_latents", self.num_latents, f"<= max_context_length={self.max_context_length}")
         if self.train_input_positions >= self.max_context_length:
@@ -116,6 +119,18 @@ class PerceiverARConfig(ConfigBase):
             self._check_rotary()
         elif self.position_init == "sinusoidal" and (self.num_channels % 2 or self.num_channels < 4):
             fail("num_channels", self.num_channels, "an even number >= 4 for sinusoidal position tables")
+
+    def _check_table_size(self) -> None:
+        size = self.position_table_size
+        if size is None:
+            return
+        if self.position_encoding != "absolute" or self.position_grid is not None:
+            fail("position_table_size", size, "None unless position_encoding='absolute' without a position_grid "
+                 "(rotary positions have no table; a grid sizes its own tables)")
+        check_int("position_table_size", size)
+        if size < self.max_context_length + 1:
+            fail("position_table_size", size, f">= max_context_length + 1 = {self.max_context_length + 1} (row 0 is "
+                 "padding, data positions are 1-based)")
 
     def _check_rotary(self) -> None:
         if self.position_grid is not None:
@@ -143,17 +158,18 @@ class PerceiverARConfig(ConfigBase):
     def position_table_sizes(self) -> tuple[int, ...]:
         """Rows of each absolute position table."""
         if self.position_grid is None:
-            return (self.max_context_length + 1,)
+            return (self.max_context_length + 1 if self.position_table_size is None else self.position_table_size,)
         return tuple(g + 2 for g in self.position_grid)
 
     @property
     def num_positions(self) -> int | None:
-        """Tokens the absolute position tables cover (cached tokens included): ``max_context_length``, or
-        ``prod(position_grid) + 1`` (SOS and pixels); ``None`` for rotary positions (no limit)."""
+        """Tokens the absolute position tables cover (cached tokens included): the table's rows less the padding
+        row 0 (``max_context_length`` by default), or ``prod(position_grid) + 1`` (SOS and pixels); ``None`` for
+        rotary positions (no limit)."""
         if self.position_encoding == "rotary":
             return None
         if self.position_grid is None:
-            return self.max_context_length
+            return self.position_table_sizes[0] - 1
         return math.prod(self.position_grid) + 1
 
     def debug_size(self) -> PerceiverARConfig:
@@ -175,6 +191,8 @@ class PerceiverARConfig(ConfigBase):
             self_attend_widening_factor=min(self.self_attend_widening_factor, 2), position_grid=grid,
             max_wavelength=None if self.max_wavelength is None else
             context * self.max_wavelength // self.max_context_length,
+            position_table_size=None if self.position_table_size is None else
+            context + self.position_table_size - self.max_context_length,
             train_input_positions=min(self.train_input_positions, context // 2))
 
 
