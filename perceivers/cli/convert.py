@@ -40,11 +40,14 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
                                     "by transformers' from_pretrained.")
     t.add_argument("src", help="our model folder")
     t.add_argument("out", help="output HF folder")
+    add_port_parsers(conv)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     # A converter reads a foreign file and maps its keys strictly: its errors (a missing file, an unsupported head,
     # missing or unexpected keys) are about that file.
+    if args.source in PORTS:
+        return cmd_convert_port(args)
     if args.source == "hf":
         from perceivers.converters.hf import convert_hf_folder
 
@@ -70,4 +73,47 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with user_input("OUT"):
         out = model.save_pretrained(args.out)
     print(f"converted {args.params} ({model.num_parameters():,} parameters) -> {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- the other PyTorch ports
+
+#: ``perceivers convert SOURCE``: (peer, the models it converts).
+PORTS = {
+    "lucidrains": ("lucidrains' perceiver-pytorch", "Perceiver or PerceiverIO"),
+    "krasserm": ("krasserm's perceiver-io", "Perceiver IO image classifier or MLM, or Perceiver AR language model"),
+}
+
+
+def add_port_parsers(conv: argparse._SubParsersAction) -> None:
+    """``convert lucidrains`` / ``convert krasserm``: a peer model's ``state_dict()`` file and its settings."""
+    for name, (peer, models) in PORTS.items():
+        c = conv.add_parser(name, help=f"a {peer} state dict ({models})",
+                            description=f"Convert torch.save(model.state_dict(), FILE) of {peer} ({models}) into "
+                                        f"our folder, with output parity. The file is read with "
+                                        f"torch.load(weights_only=True). Sizes come from the tensors' shapes; the "
+                                        f"constructor arguments they do not fix (heads, ...) from --config. See "
+                                        f"docs/checkpoints.md, 'Other PyTorch ports'.")
+        c.add_argument("state_dict", help="file written by torch.save(model.state_dict(), FILE)")
+        c.add_argument("out", help="output folder")
+        c.add_argument("--config", default=None, metavar="JSON|FILE",
+                       help="the peer's constructor arguments as a JSON object, inline or in a file, e.g. "
+                            "'{\"cross_heads\": 1, \"latent_heads\": 8}'")
+
+
+def cmd_convert_port(args: argparse.Namespace) -> int:
+    from perceivers.converters.ports import read_settings
+
+    if args.source == "lucidrains":
+        from perceivers.converters.lucidrains import convert_lucidrains_file as convert
+    else:
+        from perceivers.converters.krasserm import convert_krasserm_file as convert
+    peer = PORTS[args.source][0]
+    with user_input("--config"):
+        settings = read_settings(args.config)
+    with user_input():
+        model = convert(args.state_dict, settings)
+    with user_input("OUT"):
+        out = model.save_pretrained(args.out)
+    print(f"converted {args.state_dict} ({peer}, {model.num_parameters():,} parameters) -> {out}")
     return 0

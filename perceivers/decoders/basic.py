@@ -25,7 +25,7 @@ from perceivers.core.validation import (
     normalize_int_tuple,
 )
 from perceivers.layers.attention import check_mask
-from perceivers.layers.blocks import CrossAttentionBlock
+from perceivers.layers.blocks import LAYER_NORM_EPS, CrossAttentionBlock
 from perceivers.layers.init import init_linear_haiku, init_zeros
 from perceivers.layers.position import (
     FourierPositionEncoding,
@@ -45,6 +45,12 @@ class DecoderConfig(ConfigBase):
     ``basic``: queries from position encodings over ``output_index_dims`` (official ``BasicDecoder``).
 
     ``type`` is also the tag that names this decoder in a model config (one config class, three tags).
+
+    Options for the other PyTorch ports (defaults = the official decoders): ``external_queries`` (basic: the
+    caller passes the queries ``(B, O, num_query_channels)`` or ``(O, num_query_channels)`` to ``forward``,
+    as lucidrains' ``PerceiverIO``; no position encoding), ``qkv_bias=False`` (no q/k/v biases),
+    ``use_mlp=False`` (the cross-attention without its MLP half), ``projection_norm`` (projection: a
+    LayerNorm between the mean over latents and the ``Linear``, lucidrains' ``Perceiver`` head).
     """
 
     type: str = "classification"
@@ -64,12 +70,16 @@ class DecoderConfig(ConfigBase):
     use_query_residual: bool = False
     concat_preprocessed_input: bool = False
     final_project: bool = True
+    external_queries: bool = False
+    qkv_bias: bool = True
+    use_mlp: bool = True
+    projection_norm: bool = False
 
     def __post_init__(self) -> None:
         check_choice("type", self.type, DECODER_TYPES)
         check_scale("query_init_scale", self.query_init_scale)
         check_bools(self, "concat_pos", "sine_only", "use_query_residual", "concat_preprocessed_input",
-                     "final_project")
+                     "final_project", "external_queries", "qkv_bias", "use_mlp", "projection_norm")
         check_int("num_outputs", self.num_outputs)
         normalize_int_tuple(self, "output_index_dims", self.output_index_dims)
         check_choice("position_encoding", self.position_encoding, POSITION_TYPES)
@@ -87,8 +97,17 @@ class DecoderConfig(ConfigBase):
         if self.type != "basic" and not self.final_project:
             fail("final_project", self.final_project, f"True for a {self.type!r} decoder (only 'basic' can skip "
                   "the projection)")
-        if self.type == "basic" and self.position_encoding == "none" and not self.concat_preprocessed_input:
-            fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True")
+        if self.projection_norm and self.type != "projection":
+            fail("projection_norm", True, f"False for a {self.type!r} decoder (a 'projection' decoder's option)")
+        if self.external_queries:
+            if self.type != "basic":
+                fail("external_queries", True, f"False for a {self.type!r} decoder (a 'basic' decoder's option)")
+            if self.position_encoding != "none" or self.concat_preprocessed_input:
+                fail("position_encoding", self.position_encoding, "'none' (and concat_preprocessed_input=False) "
+                     "with external_queries=True: the caller passes the queries")
+        elif self.type == "basic" and self.position_encoding == "none" and not self.concat_preprocessed_input:
+            fail("position_encoding", "none", "'fourier' or 'trainable' unless concat_preprocessed_input=True "
+                 "or external_queries=True")
 
     def debug_size(self) -> DecoderConfig:
         """The same decoder at test size: at most 5 outputs, 4 query positions per axis, 16 query channels,
@@ -101,6 +120,8 @@ class DecoderConfig(ConfigBase):
 
     def query_channels(self, input_channels: int) -> int:
         """Width of the decoder queries (``input_channels`` = preprocessed input without positions)."""
+        if self.external_queries:
+            return self.num_query_channels
         if self.position_encoding == "trainable":
             c = self.num_query_channels
         elif self.position_encoding == "fourier":
@@ -154,6 +175,7 @@ class BasicDecoder(nn.Module):
             q_channels=self.query_channels, kv_channels=latent_channels, num_heads=c.num_heads,
             qk_channels=c.qk_channels, v_channels=c.v_channels, shape_for_attn="kv",
             widening_factor=c.widening_factor, use_query_residual=c.use_query_residual, activation=activation,
+            qkv_bias=c.qkv_bias, use_mlp=c.use_mlp,
         )
         self.output = nn.Linear(self.query_channels, c.num_outputs) if c.final_project else None
 
@@ -206,11 +228,29 @@ class BasicDecoder(nn.Module):
         if points.numel() == 0 or int(points.min()) < 0 or int(points.max()) >= self.num_queries:
             raise ValueError(f"subsampled_output_points must be non-empty indices in [0, {self.num_queries})")
 
+    def check_external_query(self, query: Tensor | None, batch_size: int, z: Tensor) -> Tensor | None:
+        """Caller queries (``external_queries``): ``(O, C_q)`` or ``(B, O, C_q)`` -> ``(B, O, C_q)``."""
+        if not self.config.external_queries:
+            return query
+        c = self.query_channels
+        if not isinstance(query, Tensor):
+            raise TypeError(f"this decoder reads its queries from the caller: pass queries, a float tensor "
+                            f"(O, {c}) or (B, O, {c}), got {type(query).__name__}")
+        if query.dim() == 2:
+            query = query.unsqueeze(0).expand(batch_size, -1, -1)  # (O, C) -> (B, O, C)
+        if query.dim() != 3 or query.shape[0] != batch_size or query.shape[2] != c or query.shape[1] == 0:
+            raise ValueError(f"queries must have shape (O, {c}) or (B={batch_size}, O, {c}), "
+                             f"got {tuple(query.shape)}")
+        if query.dtype != z.dtype:
+            raise TypeError(f"queries dtype is {query.dtype} but the latents are {z.dtype}")
+        return query
+
     def forward(self, z: Tensor, *, query: Tensor | None = None, query_mask: Tensor | None = None,
                 inputs_without_pos: Tensor | None = None, subsampled_points: Tensor | None = None) -> Tensor:
         """``z: (B, N, D)`` -> ``(B, O, num_outputs)`` (or ``(B, O, C_q)`` without ``final_project``)."""
         b = z.shape[0]
         self.check_subsampled_points(subsampled_points, b)
+        query = self.check_external_query(query, b, z)
         if query is None:
             query = self.decoder_query(b, inputs_without_pos=inputs_without_pos, subsampled_points=subsampled_points,
                                        device=z.device, dtype=z.dtype)
@@ -237,15 +277,19 @@ class ClassificationDecoder(BasicDecoder):
 
 
 class ProjectionDecoder(nn.Module):
-    """Mean over latents, then a zero-initialised ``Linear`` (original Perceiver): ``(B, N, D) -> (B, K)``."""
+    """Mean over latents, [LayerNorm,] then a zero-initialised ``Linear`` (original Perceiver): ``(B, N, D) -> (B, K)``."""
 
     def __init__(self, config: DecoderConfig, *, latent_channels: int) -> None:
         super().__init__()
         self.config = config
+        self.norm = nn.LayerNorm(latent_channels, eps=LAYER_NORM_EPS) if config.projection_norm else None
         self.output = nn.Linear(latent_channels, config.num_outputs)
 
     def init_weights(self) -> None:
+        if self.norm is not None:
+            self.norm.reset_parameters()
         init_zeros(self.output)
 
     def forward(self, z: Tensor, **_: object) -> Tensor:
-        return self.output(z.mean(dim=1))
+        pooled = z.mean(dim=1)  # (B, D)
+        return self.output(self.norm(pooled) if self.norm is not None else pooled)

@@ -21,6 +21,19 @@ from perceivers.core.validation import (
 from perceivers.layers.blocks import CrossAttentionBlock, SelfAttentionBlock
 from perceivers.layers.init import init_trunc_normal
 
+#: Weight-sharing schedules across blocks (see :class:`EncoderConfig`).
+SHARING = ("all", "all_but_first", "none")
+
+
+def sharing_schedule(sharing: str, num_blocks: int) -> list[int]:
+    """Module index per block: ``'all'`` -> ``[0, 0, ...]``, ``'all_but_first'`` -> ``[0, 1, 1, ...]``,
+    ``'none'`` -> ``[0, 1, 2, ...]``."""
+    if sharing == "all":
+        return [0] * num_blocks
+    if sharing == "all_but_first":
+        return [0] + [1] * (num_blocks - 1)
+    return list(range(num_blocks))
+
 
 @dataclass(frozen=True, kw_only=True)
 class EncoderConfig(ConfigBase):
@@ -30,6 +43,12 @@ class EncoderConfig(ConfigBase):
     layers applied ``num_blocks`` times with shared weights. ``layout='interleaved'`` (original
     Perceiver): a cross-attend before every block; the first cross-attend has its own weights and
     cross-attends 2..``num_blocks`` share one module (Perceiver paper Tab. 7).
+
+    Options for the other PyTorch ports (defaults = the official model): ``cross_attend_sharing`` (interleaved
+    layout) and ``self_attend_sharing`` say which blocks share weights: ``'all'`` (one module for every
+    block), ``'all_but_first'`` (block 0 its own, blocks 1.. one shared) or ``'none'`` (one per block);
+    ``cross_attend_qk_channels`` / ``cross_attend_v_channels`` give the cross-attention its own widths
+    (default: ``qk_channels`` / ``v_channels`` as officially); ``qkv_bias=False`` drops the q/k/v biases.
     """
 
     num_latents: int = 512
@@ -48,6 +67,11 @@ class EncoderConfig(ConfigBase):
     attention_dropout_prob: float = 0.0
     latent_init_scale: float = 0.02
     layout: str = "io"
+    cross_attend_qk_channels: int | None = None
+    cross_attend_v_channels: int | None = None
+    cross_attend_sharing: str = "all_but_first"
+    self_attend_sharing: str = "all"
+    qkv_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_latents", "num_latent_channels", "num_blocks", "num_self_attends_per_block",
@@ -61,7 +85,11 @@ class EncoderConfig(ConfigBase):
         check_prob("dropout_prob", self.dropout_prob)
         check_prob("attention_dropout_prob", self.attention_dropout_prob)
         check_scale("latent_init_scale", self.latent_init_scale)
-        check_bools(self, "use_query_residual")
+        check_bools(self, "use_query_residual", "qkv_bias")
+        check_optional_int("cross_attend_qk_channels", self.cross_attend_qk_channels)
+        check_optional_int("cross_attend_v_channels", self.cross_attend_v_channels)
+        check_choice("cross_attend_sharing", self.cross_attend_sharing, SHARING)
+        check_choice("self_attend_sharing", self.self_attend_sharing, SHARING)
         self_qk = self.qk_channels or self.num_latent_channels
         check_divisible("self-attention qk_channels", self_qk, "num_self_attend_heads", self.num_self_attend_heads)
         check_divisible("self-attention v_channels", self.v_channels or self_qk, "num_self_attend_heads",
@@ -69,10 +97,20 @@ class EncoderConfig(ConfigBase):
 
     def cross_attention_channels(self, input_channels: int) -> tuple[int, int]:
         """(qk, v) widths of the encoder cross-attention for inputs of ``input_channels``."""
-        qk = self.qk_channels
+        qk = self.cross_attend_qk_channels or self.qk_channels
         if qk is None:
             qk = input_channels if self.cross_attention_shape_for_attn == "kv" else self.num_latent_channels
-        return qk, self.v_channels or qk
+        return qk, self.cross_attend_v_channels or self.v_channels or qk
+
+    def cross_attend_schedule(self) -> list[int]:
+        """The cross-attend module used before each block (``-1``: none)."""
+        if self.layout == "io":
+            return [0] + [-1] * (self.num_blocks - 1)
+        return sharing_schedule(self.cross_attend_sharing, self.num_blocks)
+
+    def self_attend_schedule(self) -> list[int]:
+        """The self-attention stack used by each block."""
+        return sharing_schedule(self.self_attend_sharing, self.num_blocks)
 
     def debug_size(self) -> EncoderConfig:
         """The same structure (layout, weight-sharing schedule, options) at test size: at most 8 latents of 16
@@ -80,14 +118,16 @@ class EncoderConfig(ConfigBase):
         width follows the unknown input width), explicit qk / v widths 8 / 16."""
         qk = None if self.qk_channels is None else 8
         cross_heads = min(self.num_cross_attend_heads, 2)
-        if qk is None and self.cross_attention_shape_for_attn == "kv":
+        if qk is None and self.cross_attend_qk_channels is None and self.cross_attention_shape_for_attn == "kv":
             cross_heads = 1
         return self.replace(num_latents=min(self.num_latents, 8), num_latent_channels=16,
                             num_blocks=min(self.num_blocks, 2),
                             num_self_attends_per_block=min(self.num_self_attends_per_block, 2),
                             num_cross_attend_heads=cross_heads,
                             num_self_attend_heads=min(self.num_self_attend_heads, 2),
-                            qk_channels=qk, v_channels=None if self.v_channels is None else 16)
+                            qk_channels=qk, v_channels=None if self.v_channels is None else 16,
+                            cross_attend_qk_channels=None if self.cross_attend_qk_channels is None else 8,
+                            cross_attend_v_channels=None if self.cross_attend_v_channels is None else 16)
 
     def check_cross_attention_heads(self, input_channels: int) -> None:
         """``ValueError`` unless the cross-attention widths for inputs of ``input_channels`` divide by its heads."""
@@ -105,6 +145,9 @@ class PerceiverEncoder(nn.Module):
     ``num_blocks`` times; ``cross_attends`` holds one module (``layout='io'``) or two
     (``layout='interleaved'``: the first cross-attend, and the one shared by cross-attends 2..n).
     ``cross_attend_schedule[i]`` is the cross-attend module used before block ``i`` (or ``-1``).
+    With other sharing options (:class:`EncoderConfig`) ``cross_attends`` holds one module per distinct
+    schedule entry and ``self_attends`` one stack per distinct ``self_attend_schedule`` entry, stack ``s``
+    being ``self_attends[s * num_self_attends_per_block : (s + 1) * num_self_attends_per_block]``.
     """
 
     def __init__(self, config: EncoderConfig, *, input_channels: int, activation: str = "gelu_tanh") -> None:
@@ -113,28 +156,27 @@ class PerceiverEncoder(nn.Module):
         c = config
         self.latents = nn.Parameter(torch.empty(c.num_latents, c.num_latent_channels))
         init_trunc_normal(self.latents, c.latent_init_scale)  # usable on its own; a no-op on meta
-        num_cross = 1 if c.layout == "io" or c.num_blocks == 1 else 2
+        self.cross_attend_schedule = c.cross_attend_schedule()
+        self.self_attend_schedule = c.self_attend_schedule()
+        cross_qk, cross_v = c.cross_attention_channels(input_channels)
         self.cross_attends = nn.ModuleList(
             CrossAttentionBlock(
                 q_channels=c.num_latent_channels, kv_channels=input_channels, num_heads=c.num_cross_attend_heads,
-                qk_channels=c.qk_channels, v_channels=c.v_channels, shape_for_attn=c.cross_attention_shape_for_attn,
+                qk_channels=cross_qk, v_channels=cross_v, shape_for_attn=c.cross_attention_shape_for_attn,
                 widening_factor=c.cross_attend_widening_factor, use_query_residual=c.use_query_residual,
                 dropout_prob=c.dropout_prob, attention_dropout_prob=c.attention_dropout_prob, activation=activation,
+                qkv_bias=c.qkv_bias,
             )
-            for _ in range(num_cross)
+            for _ in range(max(self.cross_attend_schedule) + 1)
         )
         self.self_attends = nn.ModuleList(
             SelfAttentionBlock(
                 channels=c.num_latent_channels, num_heads=c.num_self_attend_heads, qk_channels=c.qk_channels,
                 v_channels=c.v_channels, widening_factor=c.self_attend_widening_factor, dropout_prob=c.dropout_prob,
-                attention_dropout_prob=c.attention_dropout_prob, activation=activation,
+                attention_dropout_prob=c.attention_dropout_prob, activation=activation, qkv_bias=c.qkv_bias,
             )
-            for _ in range(c.num_self_attends_per_block)
+            for _ in range(c.num_self_attends_per_block * (max(self.self_attend_schedule) + 1))
         )
-        if c.layout == "io":
-            self.cross_attend_schedule = [0] + [-1] * (c.num_blocks - 1)
-        else:
-            self.cross_attend_schedule = [0] + [1] * (c.num_blocks - 1)
 
     def init_weights(self) -> None:
         init_trunc_normal(self.latents, self.config.latent_init_scale)
@@ -144,9 +186,10 @@ class PerceiverEncoder(nn.Module):
     def forward(self, inputs: Tensor, input_mask: Tensor | None = None) -> Tensor:
         """``inputs: (B, M, C)``, ``input_mask: (B, M)`` bool (True = real token) -> ``(B, N, D)``."""
         z = self.latents.unsqueeze(0).expand(inputs.shape[0], -1, -1)  # (B, N, D)
-        for cross_index in self.cross_attend_schedule:
+        per_block = self.config.num_self_attends_per_block
+        for cross_index, stack in zip(self.cross_attend_schedule, self.self_attend_schedule, strict=True):
             if cross_index >= 0:
                 z = self.cross_attends[cross_index](z, inputs, input_mask)
-            for layer in self.self_attends:
+            for layer in self.self_attends[stack * per_block:(stack + 1) * per_block]:
                 z = layer(z)
         return z

@@ -85,6 +85,7 @@ def sdpa_mask(mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
 
 class Attention(nn.Module):
     """Q/K/V/O linears with bias and independent qk / v widths; heads own contiguous channel slices.
+    ``qkv_bias=False`` drops the q/k/v biases (lucidrains' perceiver-pytorch; the output keeps its bias).
 
     Logits are scaled by ``1/sqrt(qk_channels // num_heads)``. A query row whose keys are all masked
     gets an attention result (value average, before the output projection) of exactly zero, so the
@@ -103,6 +104,7 @@ class Attention(nn.Module):
         output_channels: int,
         num_heads: int = 1,
         dropout_prob: float = 0.0,
+        qkv_bias: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("q_in_channels", q_in_channels), ("kv_in_channels", kv_in_channels),
@@ -113,9 +115,9 @@ class Attention(nn.Module):
         check_divisible("v_channels", v_channels, "num_heads", num_heads)
         self.num_heads = num_heads
         self.dropout_prob = dropout_prob
-        self.q_proj = nn.Linear(q_in_channels, qk_channels)
-        self.k_proj = nn.Linear(kv_in_channels, qk_channels)
-        self.v_proj = nn.Linear(kv_in_channels, v_channels)
+        self.q_proj = nn.Linear(q_in_channels, qk_channels, bias=qkv_bias)
+        self.k_proj = nn.Linear(kv_in_channels, qk_channels, bias=qkv_bias)
+        self.v_proj = nn.Linear(kv_in_channels, v_channels, bias=qkv_bias)
         self.o_proj = nn.Linear(v_channels, output_channels)
 
     def init_weights(self) -> None:

@@ -16,14 +16,15 @@ from perceivers.layers.attention import Attention, KVCacheLayer
 from perceivers.layers.init import init_linear_fan_in
 from perceivers.layers.rotary import Rotary
 
-Activation = Literal["gelu_tanh", "gelu", "sq_relu", "relu"]
-ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu", "sq_relu", "relu")
+Activation = Literal["gelu_tanh", "gelu", "sq_relu", "relu", "geglu"]
+ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu", "sq_relu", "relu", "geglu")
 LAYER_NORM_EPS = 1e-5
 
 
 def activation_fn(name: str, x: Tensor) -> Tensor:
     """Apply the named activation: tanh-approximated GELU (official default), exact GELU (HF
-    transformers' ``"gelu"``), squared ReLU (Perceiver AR / HiP) or ReLU."""
+    transformers' ``"gelu"``), squared ReLU (Perceiver AR / HiP), ReLU, or GEGLU (lucidrains'
+    perceiver-pytorch: ``x: (..., 2F)`` -> ``a * gelu(g)`` with ``a, g = x.chunk(2)``, exact GELU, ``(..., F)``)."""
     if name == "gelu_tanh":
         return F.gelu(x, approximate="tanh")
     if name == "gelu":
@@ -32,11 +33,17 @@ def activation_fn(name: str, x: Tensor) -> Tensor:
         return F.relu(x).square()
     if name == "relu":
         return F.relu(x)
+    if name == "geglu":
+        a, gate = x.chunk(2, dim=-1)
+        return a * F.gelu(gate)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
 class MLP(nn.Module):
-    """``Linear(C -> widening*C)`` -> activation -> ``Linear(-> C)`` -> dropout. ``(..., C) -> (..., C)``."""
+    """``Linear(C -> widening*C)`` -> activation -> ``Linear(-> C)`` -> dropout. ``(..., C) -> (..., C)``.
+
+    With ``activation='geglu'`` the first linear is twice as wide (``C -> 2*widening*C``: values, then gates).
+    """
 
     def __init__(
         self, channels: int, *, widening_factor: int = 1, activation: str = "gelu_tanh", dropout_prob: float = 0.0
@@ -46,7 +53,8 @@ class MLP(nn.Module):
         check_int("widening_factor", widening_factor)
         check_choice("activation", activation, ACTIVATIONS)
         self.activation = activation
-        self.fc1 = nn.Linear(channels, widening_factor * channels)
+        gated = 2 if activation == "geglu" else 1
+        self.fc1 = nn.Linear(channels, gated * widening_factor * channels)
         self.fc2 = nn.Linear(widening_factor * channels, channels)
         self.dropout = nn.Dropout(dropout_prob)
 
@@ -67,6 +75,9 @@ class CrossAttentionBlock(nn.Module):
             used by every released model) or from the query (``'q'``).
         v_channels: value width, default ``qk_channels``. The output width is always ``q_channels``.
         use_query_residual: add the *un-normalised* query to the attention output.
+        qkv_bias: biases on the q/k/v projections (``False``: lucidrains' perceiver-pytorch).
+        use_mlp: the ``x + MLP(LN(x))`` half; ``False`` returns the attention (+ residual) alone (the
+            decoder of lucidrains' ``PerceiverIO`` without ``decoder_ff``): no ``mlp_norm`` / ``mlp`` parameters.
     """
 
     def __init__(
@@ -83,6 +94,8 @@ class CrossAttentionBlock(nn.Module):
         dropout_prob: float = 0.0,
         attention_dropout_prob: float = 0.0,
         activation: str = "gelu_tanh",
+        qkv_bias: bool = True,
+        use_mlp: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("q_channels", q_channels), ("kv_channels", kv_channels), ("num_heads", num_heads)):
@@ -103,16 +116,20 @@ class CrossAttentionBlock(nn.Module):
             output_channels=q_channels,
             num_heads=num_heads,
             dropout_prob=attention_dropout_prob,
+            qkv_bias=qkv_bias,
         )
         self.attention_dropout = nn.Dropout(dropout_prob)
-        self.mlp_norm = nn.LayerNorm(q_channels, eps=LAYER_NORM_EPS)
-        self.mlp = MLP(q_channels, widening_factor=widening_factor, activation=activation, dropout_prob=dropout_prob)
+        self.mlp_norm = nn.LayerNorm(q_channels, eps=LAYER_NORM_EPS) if use_mlp else None
+        self.mlp = MLP(q_channels, widening_factor=widening_factor, activation=activation,
+                       dropout_prob=dropout_prob) if use_mlp else None
 
     def init_weights(self) -> None:
         for norm in (self.q_norm, self.kv_norm, self.mlp_norm):
-            norm.reset_parameters()
+            if norm is not None:
+                norm.reset_parameters()
         self.attention.init_weights()
-        self.mlp.init_weights()
+        if self.mlp is not None:
+            self.mlp.init_weights()
 
     def forward(
         self,
@@ -133,7 +150,7 @@ class CrossAttentionBlock(nn.Module):
                               kv_cache=kv_cache, kv_mask=kv_mask)
         attn = self.attention_dropout(attn)
         x = x_q + attn if self.use_query_residual else attn
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self.mlp(self.mlp_norm(x)) if self.mlp is not None else x
 
 
 class SelfAttentionBlock(nn.Module):
@@ -150,6 +167,7 @@ class SelfAttentionBlock(nn.Module):
         dropout_prob: float = 0.0,
         attention_dropout_prob: float = 0.0,
         activation: str = "gelu_tanh",
+        qkv_bias: bool = True,
     ) -> None:
         super().__init__()
         check_int("channels", channels)
@@ -165,6 +183,7 @@ class SelfAttentionBlock(nn.Module):
             output_channels=channels,
             num_heads=num_heads,
             dropout_prob=attention_dropout_prob,
+            qkv_bias=qkv_bias,
         )
         self.attention_dropout = nn.Dropout(dropout_prob)
         self.mlp_norm = nn.LayerNorm(channels, eps=LAYER_NORM_EPS)

@@ -106,6 +106,9 @@ class PerceiverIO(PerceiverModel, model_type="perceiver_io"):
             concat = c.decoder.type == "basic" and c.decoder.concat_preprocessed_input
             tokens = self.decoder.num_queries if concat else 4
             x = torch.randn(batch_size, tokens, c.input_channels, generator=generator)
+        if getattr(c.decoder, "external_queries", False):  # the caller's decoder queries (lucidrains' PerceiverIO)
+            queries = torch.randn(batch_size, 3, c.decoder.num_query_channels, generator=generator)
+            return {"inputs": x.to(ref), "queries": queries.to(ref)}
         return {"inputs": x.to(ref)}
 
     def check_dtype(self, inputs: Tensor, name: str) -> None:
@@ -146,21 +149,24 @@ class PerceiverIO(PerceiverModel, model_type="perceiver_io"):
         return self.encoder(tokens, input_mask), feats
 
     def forward(self, inputs: Tensor, input_mask: Tensor | None = None, *, query_mask: Tensor | None = None,
-                subsampled_output_points: Tensor | None = None) -> Tensor:
+                subsampled_output_points: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
         """``inputs`` -> logits / outputs (see class docstring).
 
         ``input_mask: (B, M)`` bool marks real input tokens (after preprocessing); ``query_mask:
-        (B, O)`` and ``subsampled_output_points`` apply to the basic decoder only.
+        (B, O)`` and ``subsampled_output_points`` apply to the basic decoder only; ``queries: (O, C_q)`` or
+        ``(B, O, C_q)`` are the decoder queries of a basic decoder with ``external_queries`` (required there).
         """
         if self.config.decoder.type != "basic" and (query_mask is not None or subsampled_output_points is not None):
             raise ValueError(f"query_mask and subsampled_output_points need a 'basic' decoder, "
                              f"this model has a {self.config.decoder.type!r} decoder")
+        if queries is not None and not getattr(self.config.decoder, "external_queries", False):
+            raise ValueError("queries need a basic decoder with external_queries=True; this model builds its own")
         z, feats = self.forward_features(inputs, input_mask)
         if isinstance(self.decoder, BasicDecoder) and not isinstance(self.decoder, ClassificationDecoder):
             if self.config.decoder.concat_preprocessed_input and feats.shape[1] != self.decoder.num_queries:
                 raise ValueError(f"concat_preprocessed_input needs one query per input token: "
                                  f"{feats.shape[1]} tokens vs {self.decoder.num_queries} output positions")
-            return self.decoder(z, query_mask=query_mask, inputs_without_pos=feats,
+            return self.decoder(z, query=queries, query_mask=query_mask, inputs_without_pos=feats,
                                 subsampled_points=subsampled_output_points)
         return self.decoder(z)
 
