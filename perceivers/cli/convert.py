@@ -15,11 +15,19 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     h = conv.add_parser("haiku", help="an official DeepMind Haiku parameter file (.pystate / .pickle)",
                         description="Read an official Haiku parameter pickle with a restricted unpickler (dicts, "
                                     "numpy arrays and Haiku FlatMapping only) and write our folder. ImageNet "
-                                    "classifiers, the language MLM, optical flow and the multimodal autoencoder are "
-                                    "recognised automatically.")
-    h.add_argument("params", help="path of the official parameter file")
+                                    "classifiers, the language MLM, optical flow and the multimodal autoencoder of "
+                                    "any size are recognised: the kind and every size the file fixes are read from "
+                                    "it; heads and blocks (not stored in the file) take the official defaults.")
+    h.add_argument("params", help="path or URL (downloaded once to ~/.cache/perceivers) of the official parameter file")
     h.add_argument("out", help="output folder")
     h.add_argument("--model", default=None, help="registered model name (default: inferred from the parameters)")
+    h.add_argument("--state", default=None, metavar="FILE",
+                   help="a separate state file (BatchNorm statistics) merged into the parameters; path or URL")
+    h.add_argument("--heads", type=int, default=None, metavar="N",
+                   help="self-attention heads of the encoder (not stored in the file; default: the official count)")
+    h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="haiku_set",
+                   help="override a config field the file does not fix, dotted and repeatable, e.g. "
+                        "--set encoder.num_blocks=4 --set decoder.num_heads=2 (VALUE is read as JSON, else a string)")
     f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
                         description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
                                     "SequenceClassification, ImageClassificationLearned, ImageClassificationConvProcessing, "
@@ -68,12 +76,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return 0
     from perceivers.converters.haiku import convert_haiku_file
 
+    overrides = haiku_overrides(args.haiku_set, args.heads)
     with user_input():
-        model = convert_haiku_file(args.params, args.model)
+        model = convert_haiku_file(args.params, args.model, state=args.state, **overrides)
     with user_input("OUT"):
         out = model.save_pretrained(args.out)
     print(f"converted {args.params} ({model.num_parameters():,} parameters) -> {out}")
     return 0
+
+
+def haiku_overrides(items: list[str], heads: int | None) -> dict:
+    """``--set a.b=VALUE`` (VALUE as JSON, else a string) and ``--heads N`` as nested ``create_model`` overrides."""
+    import json
+
+    from perceivers.core.validation import check_optional_int, fail
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            fail("--set", item, "KEY=VALUE with a dotted config key, e.g. encoder.num_blocks=4")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                fail("--set", item, f"a key that does not extend the value already set for {part!r}")
+        node[leaf] = value
+    check_optional_int("--heads", heads)
+    if heads is not None:
+        out.setdefault("encoder", {})["num_self_attend_heads"] = heads
+    return out
 
 
 # ----------------------------------------------------------------------------- the other PyTorch ports

@@ -1,13 +1,13 @@
-"""Official DeepMind Haiku parameter files -> ``perceivers`` state dicts.
+"""Official DeepMind Haiku parameter files -> ``perceivers`` models.
 
-The official files are pickles of ``{module_path: {param_name: array}}`` (``FlatMapping`` under
-Haiku 0.0.4; ImageNet ``.pystate`` files wrap them as ``{'params': ..., 'state': ...}``). A pickle
-can execute code, so :func:`load_haiku_pickle` uses a restricted unpickler that accepts only dicts,
-``OrderedDict``, numpy arrays/dtypes/scalars and Haiku's ``FlatMapping`` (rebuilt as a ``dict``);
-anything else is refused with an error naming the class.
+The official files are pickles of ``{module_path: {param_name: array}}`` (``FlatMapping`` under Haiku 0.0.4;
+ImageNet ``.pystate`` files wrap them as ``{'params': ..., 'state': ...}``). They are read by the restricted
+unpickler of :mod:`perceivers.converters.haiku_pickle` (plain dicts and numeric arrays, every protocol, no array
+larger than its bytes); a URL is downloaded first (:mod:`perceivers.converters.haiku_fetch`). The configuration
+is read from the tree (:mod:`perceivers.converters.haiku_infer`) unless a registered model is named.
 
-The key table is declarative: each row maps a Haiku *module* to one of ours with a kind that fixes
-the parameter names and the tensor transform:
+The key table (:mod:`perceivers.converters.haiku_tables`) maps a Haiku *module* to one of ours with a kind that
+fixes the parameter names and the tensor transform:
 
 - ``linear``: ``w [in, out]`` -> ``weight [out, in]`` (transpose), ``b`` -> ``bias``;
 - ``layer_norm`` / ``batchnorm``: ``scale``/``offset`` (squeezed from ``[1, 1, 1, C]``) -> ``weight``/``bias``;
@@ -15,328 +15,263 @@ the parameter names and the tensor transform:
   axes instead, which transposes the kernel spatially), ``b`` -> ``bias``;
 - ``table``: ``pos_embs [N, C]`` unchanged;
 - ``ema``: BatchNorm ``mean_ema``/``var_ema`` ``average`` -> ``running_mean``/``running_var``.
+
+Every missing, unexpected and mis-shaped entry is listed in one error, with what the file holds and what the
+model expects (:func:`check_tree`), before any tensor is converted.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
-from collections import OrderedDict
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from perceivers.converters.haiku_fetch import resolve_source
+from perceivers.converters.haiku_infer import (
+    describe_config,
+    describe_tree,
+    guess_model_name,
+    infer_overrides,
+)
+from perceivers.converters.haiku_pickle import RefusedClassError, load_haiku_pickle
+from perceivers.converters.haiku_tables import (
+    ModuleRow,
+    classification_decoder_rows,
+    config_kind,
+    cross_attention_rows,
+    encoder_rows,
+    flow_rows,
+    haiku_suffix,
+    image_preprocessor_rows,
+    language_mlm_rows,
+    model_rows,
+    multimodal_rows,
+    self_attention_rows,
+)
+from perceivers.core.errors import ConfigError
 from perceivers.models.hub import load_state_dict_strict
-from perceivers.models.perceiver_io.config import PerceiverIOConfig
-from perceivers.models.registry import create_model
+from perceivers.models.registry import get_config, get_entry
 
-ModuleRow = tuple[str, str, str]  # (haiku module path, our module prefix, kind)
+__all__ = ["KIND_PARAMS", "RefusedClassError", "check_tree", "classification_decoder_rows", "convert_haiku_file",
+           "convert_tree", "cross_attention_rows", "encoder_rows", "flow_rows", "guess_model_name", "haiku_suffix",
+           "image_preprocessor_rows", "language_mlm_rows", "load_haiku_pickle", "load_into", "model_rows",
+           "multimodal_rows", "official_shape", "self_attention_rows"]
 
-_LINEARS = (("attention/linear", "attention.q_proj"), ("attention/linear_1", "attention.k_proj"),
-            ("attention/linear_2", "attention.v_proj"), ("attention/linear_3", "attention.o_proj"),
-            ("mlp/linear", "mlp.fc1"), ("mlp/linear_1", "mlp.fc2"))
-
-
-def cross_attention_rows(hk: str, ours: str) -> list[ModuleRow]:
-    """Official ``CrossAttention`` at Haiku path ``hk`` -> our ``CrossAttentionBlock`` at ``ours``."""
-    rows = [(f"{hk}/layer_norm", f"{ours}.q_norm", "layer_norm"), (f"{hk}/layer_norm_1", f"{ours}.kv_norm", "layer_norm"),
-            (f"{hk}/layer_norm_2", f"{ours}.mlp_norm", "layer_norm")]
-    return rows + [(f"{hk}/{h}", f"{ours}.{o}", "linear") for h, o in _LINEARS]
-
-
-def self_attention_rows(hk: str, ours: str) -> list[ModuleRow]:
-    """Official ``SelfAttention`` at ``hk`` -> our ``SelfAttentionBlock`` at ``ours``."""
-    rows = [(f"{hk}/layer_norm", f"{ours}.attention_norm", "layer_norm"), (f"{hk}/layer_norm_1", f"{ours}.mlp_norm", "layer_norm")]
-    return rows + [(f"{hk}/{h}", f"{ours}.{o}", "linear") for h, o in _LINEARS]
-
-
-def haiku_suffix(index: int) -> str:
-    """Haiku's name for the ``index``-th module of a type: '', '_1', '_2', ..."""
-    return "" if index == 0 else f"_{index}"
-
-
-def encoder_rows(num_self_attends_per_block: int, scope: str = "perceiver_encoder") -> list[ModuleRow]:
-    rows = [(f"{scope}/~/trainable_position_encoding", "encoder.latents", "table")]
-    rows += cross_attention_rows(f"{scope}/~/cross_attention", "encoder.cross_attends.0")
-    for i in range(num_self_attends_per_block):
-        rows += self_attention_rows(f"{scope}/~/self_attention{haiku_suffix(i)}", f"encoder.self_attends.{i}")
-    return rows
-
-
-def classification_decoder_rows() -> list[ModuleRow]:
-    hk = "classification_decoder/~/basic_decoder"
-    return [(f"{hk}/~/trainable_position_encoding", "decoder.query_pos.pos_embs", "table"),
-            *cross_attention_rows(f"{hk}/cross_attention", "decoder.cross_attend"),
-            (f"{hk}/output", "decoder.output", "linear")]
-
-
-def image_preprocessor_rows(prep_type: str, position_encoding: str, project_pos_dim: int) -> list[ModuleRow]:
-    hk = "image_preprocessor"
-    rows: list[ModuleRow] = []
-    if prep_type == "conv":
-        down = f"{hk}/~/conv2_d_downsample/~"
-        rows += [(f"{down}/conv", "preprocessor.conv.convs.0", "conv"),
-                 (f"{down}/batchnorm", "preprocessor.conv.batchnorms.0", "batchnorm"),
-                 (f"{down}/batchnorm/~/mean_ema", "preprocessor.conv.batchnorms.0.running_mean", "ema"),
-                 (f"{down}/batchnorm/~/var_ema", "preprocessor.conv.batchnorms.0.running_var", "ema")]
-    elif prep_type == "conv1x1":
-        rows.append((f"{hk}/~/conv2_d", "preprocessor.conv1x1", "conv"))
-    if position_encoding == "trainable":
-        rows.append((f"{hk}/~_build_network_inputs/trainable_position_encoding",
-                     "preprocessor.position.encoding.pos_embs", "table"))
-    if project_pos_dim > 0:
-        rows.append((f"{hk}/~_build_network_inputs/position_encoding_projector/linear",
-                     "preprocessor.position.projection", "linear"))
-    return rows
-
-
-def language_mlm_rows(num_self_attends_per_block: int) -> list[ModuleRow]:
-    """Official MLM colab (``language_perceiver_io_bytes.pickle``): ``embed/embeddings [262, C]``, the
-    top-level input ``trainable_position_encoding``, the encoder, a standalone ``basic_decoder`` (no
-    output linear) and ``embedding_decoder/bias [262]``; the logits reuse ``embed/embeddings``."""
-    return [("embed", "preprocessor.embedding.weight", "embed"),
-            ("trainable_position_encoding", "preprocessor.position.pos_embs", "table"),
-            *encoder_rows(num_self_attends_per_block),
-            ("basic_decoder/~/trainable_position_encoding", "decoder.query_pos.pos_embs", "table"),
-            *cross_attention_rows("basic_decoder/cross_attention", "decoder.cross_attend"),
-            ("embedding_decoder", "embedding_decoder.bias", "bias")]
-
-
-def flow_rows(num_self_attends_per_block: int) -> list[ModuleRow]:
-    """Official optical-flow colab (``optical_flow_checkpoint.pystate``): ``image_preprocessor/patches_linear``
-    (``w [54, 64]``), the encoder, and ``flow_decoder/~/basic_decoder/{cross_attention, output}`` (``output``
-    ``w [322, 2]``); the decoder's Fourier queries and the flow preprocessor have no other parameters."""
-    hk = "flow_decoder/~/basic_decoder"
-    return [("image_preprocessor/patches_linear", "preprocessor.image.patches_linear", "linear"),
-            *encoder_rows(num_self_attends_per_block),
-            *cross_attention_rows(f"{hk}/cross_attention", "decoder.cross_attend"),
-            (f"{hk}/output", "decoder.output", "linear")]
-
-
-#: Our modality kind -> official postprocessor module name.
-POSTPROCESSOR_NAMES = {"audio": "audio_postprocessor", "video": "projection_postprocessor",
-                       "label": "classification_postprocessor"}
-
-
-def multimodal_rows(config: PerceiverIOConfig) -> list[ModuleRow]:
-    """Official multimodal autoencoder (``video_autoencoding_checkpoint.pystate``); names (docs/checkpoints.md,
-    "Haiku naming rules") for modality ``{m}`` of the config's multimodal preprocessor:
-
-    - ``multimodal_preprocessor/{m}_padding/pos_embs`` ``[1, C_common - C_m]`` and
-      ``multimodal_preprocessor/{m}_mask_token/pos_embs`` ``[1, C_common]`` (modalities with a mask token);
-    - the encoder under ``encoder`` (the colab names it so, not ``perceiver_encoder``);
-    - ``multimodal_decoder/~/basic_decoder/cross_attention/...`` and ``.../basic_decoder/output`` (``w [C_q, C_out]``);
-    - ``multimodal_decoder/~decoder_query/{m}_padding/pos_embs`` ``[1, C_q - C_q,m]``;
-    - the label query at top level, ``classification_decoder/~/basic_decoder/~/trainable_position_encoding/pos_embs``
-      ``[1, C_label_query]`` (the colab builds the sub-decoders outside the multimodal decoder);
-    - output layers named by class, not modality: ``audio_postprocessor/linear`` (audio),
-      ``projection_postprocessor/linear`` (video), ``classification_postprocessor/linear`` (label).
-
-    Haiku numbers repeated module names ``_1``, ``_2`` in creation order; with two modalities of one kind we
-    assume they were created in sorted name order (the released model has one of each).
-    """
-    rows: list[ModuleRow] = []
-    seen: dict[str, int] = {}
-    for name, m in config.preprocessor.modalities.items():  # sorted names
-        rows.append((f"multimodal_preprocessor/{name}_padding", f"preprocessor.padding.{name}", "table"))
-        if m.mask_prob is not None:
-            rows.append((f"multimodal_preprocessor/{name}_mask_token", f"preprocessor.mask_token.{name}", "table"))
-        rows.append((f"multimodal_decoder/~decoder_query/{name}_padding", f"decoder.query_padding.{name}", "table"))
-        k = seen.get(m.kind, 0)
-        seen[m.kind] = k + 1
-        if m.kind == "label":
-            rows.append((f"classification_decoder{haiku_suffix(k)}/~/basic_decoder/~/trainable_position_encoding",
-                         f"decoder.queries.{name}.pos_embs", "table"))
-        rows.append((f"{POSTPROCESSOR_NAMES[m.kind]}{haiku_suffix(k)}/linear", f"postprocessors.{name}", "linear"))
-    rows += encoder_rows(config.encoder.num_self_attends_per_block, scope="encoder")
-    rows += cross_attention_rows("multimodal_decoder/~/basic_decoder/cross_attention", "decoder.cross_attend")
-    rows.append(("multimodal_decoder/~/basic_decoder/output", "decoder.output", "linear"))
-    return rows
-
-
-_KIND_PARAMS: dict[str, dict[str, str]] = {
+#: Kind -> {official parameter name: our parameter suffix ('' for a table row naming the tensor itself)}.
+KIND_PARAMS: dict[str, dict[str, str]] = {
     "linear": {"w": "weight", "b": "bias"}, "conv": {"w": "weight", "b": "bias"},
     "layer_norm": {"scale": "weight", "offset": "bias"}, "batchnorm": {"scale": "weight", "offset": "bias"},
     "table": {"pos_embs": ""}, "ema": {"average": ""}, "embed": {"embeddings": ""}, "bias": {"bias": ""},
 }
-_IGNORED_PARAMS = {"ema": {"hidden", "counter"}}
+_KIND_PARAMS = KIND_PARAMS  # the name tests/testkit used before it was public
+#: Official parameters with no counterpart here (BatchNorm EMA internals).
+IGNORED_PARAMS = {"ema": {"hidden", "counter"}}
 
 
-def _transform(kind: str, param: str, array: np.ndarray) -> Tensor:
+def official_shape(kind: str, param: str, ours: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape an official parameter of ``kind`` has for our tensor of shape ``ours``."""
+    if kind == "linear" and param == "w":
+        return ours[::-1]
+    if kind == "conv" and param == "w" and len(ours) == 4:
+        o, i, h, w = ours
+        return (h, w, i, o)
+    return ours
+
+
+def _shape_fits(kind: str, param: str, got: tuple[int, ...], ours: tuple[int, ...]) -> bool:
+    if kind in ("batchnorm", "ema"):  # [1, 1, 1, C] or [C]
+        return len(ours) == 1 and int(np.prod(got)) == ours[0] and max(got, default=1) == ours[0]
+    return got == official_shape(kind, param, ours)
+
+
+def tree_mismatches(tree: Mapping[str, Mapping[str, Any]], rows: list[ModuleRow],
+                    shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, mis-shaped)`` entries of an official tree against a module table and our
+    state-dict shapes, every one of them."""
+    table = {hk: (ours, kind) for hk, ours, kind in rows}
+    missing, unexpected, misshaped = [], [], []
+    for module, (ours, kind) in table.items():
+        if module not in tree:
+            missing.append(module)
+            continue
+        params = tree[module]
+        for param, suffix in KIND_PARAMS[kind].items():
+            key = f"{ours}.{suffix}" if suffix else ours
+            if key not in shapes:
+                continue  # e.g. a conv without bias: a `b` in the file is reported as unexpected below
+            if param not in params:
+                missing.append(f"{module}/{param}")
+            elif not _shape_fits(kind, param, got := tuple(np.shape(params[param])), shapes[key]):
+                want = official_shape(kind, param, shapes[key])
+                misshaped.append(f"{module}/{param} {list(got)} (expected {list(want)})")
+        known = {p for p, s in KIND_PARAMS[kind].items() if (f"{ours}.{s}" if s else ours) in shapes}
+        unexpected += [f"{module}/{p}" for p in params if p not in known and p not in IGNORED_PARAMS.get(kind, ())]
+    unexpected += [f"{module}/{p}" for module, params in tree.items() if module not in table for p in params]
+    return missing, sorted(unexpected), misshaped
+
+
+_LAYER = re.compile(r"^(?P<prefix>.*?/self_attention)(?:_(?P<i>\d+))?(?P<rest>/.*)$")
+
+
+def compact(entries: list[str]) -> list[str]:
+    """Entries with whole self-attention layers folded: ``.../self_attention_12..25/* (14 layers x 8 entries)``."""
+    layers: dict[tuple[str, int], list[str]] = {}
+    out = []
+    for e in entries:
+        m = _LAYER.match(e)
+        if m is None:
+            out.append(e)
+        else:
+            layers.setdefault((m["prefix"], int(m["i"] or 0)), []).append(m["rest"])
+    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for (prefix, i), rests in layers.items():
+        groups.setdefault((prefix, tuple(sorted(rests))), []).append(i)
+    for (prefix, rests), idx in groups.items():
+        if len(idx) == 1:
+            out += [f"{prefix}{haiku_suffix(idx[0])}{r}" for r in rests]
+        else:
+            parent, layer = prefix.rsplit("/", 1)
+            names = ", ".join(f"{layer}{haiku_suffix(a)}" + (f" .. {layer}{haiku_suffix(b)}" if b > a else "")
+                              for a, b in _runs(sorted(idx)))
+            out.append(f"{parent}/{{{names}}}/* ({len(idx)} layers x {len(rests)} entries: "
+                       f"{', '.join(r.lstrip('/') for r in rests)})")
+    return out
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted ints as ``(first, last)`` runs of consecutive values."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def check_tree(tree: Mapping[str, Mapping[str, Any]], rows: list[ModuleRow], model: torch.nn.Module, *,
+               source: str, target: str) -> None:
+    """:class:`ConfigError` listing every missing, unexpected and mis-shaped entry at once, saying what the file
+    holds and what ``target`` (the model named or inferred) expects."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected, misshaped = tree_mismatches(tree, rows, shapes)
+    if not (missing or unexpected or misshaped):
+        return
+    parts = [f"{len(missing)} missing: {'; '.join(compact(missing))}" if missing else "",
+             f"{len(unexpected)} unexpected: {'; '.join(compact(unexpected))}" if unexpected else "",
+             f"{len(misshaped)} mis-shaped: {'; '.join(misshaped)}" if misshaped else ""]
+    expects = describe_config(model.config, config_kind(model.config))
+    raise ConfigError(f"{source}: the Haiku parameters do not fit {target}: this file holds {describe_tree(tree)}; "
+                      f"{target} expects {expects}. " + ". ".join(p for p in parts if p))
+
+
+def transform(kind: str, param: str, array: np.ndarray) -> Tensor:
+    """One official array -> our tensor (float32), per the kind's transform."""
     t = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
     if kind == "linear" and param == "w":
         return t.T.contiguous()
     if kind == "conv" and param == "w":
-        if t.dim() != 4:
-            raise ValueError(f"conv kernel must be 4-D HWIO, got shape {tuple(t.shape)}")
         return t.permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
     if kind in ("batchnorm", "ema"):
         return t.reshape(-1)
     return t
 
 
-def convert_tree(tree: Mapping[str, Mapping[str, np.ndarray]], rows: list[ModuleRow]) -> dict[str, Tensor]:
-    """Apply the module table to a two-level Haiku tree.
+_transform = transform  # the name the tests used before it was public
 
-    Raises ``ValueError`` listing every Haiku parameter the table does not use and every table
-    module absent from the tree. (Per-tensor completeness and shapes are checked when the result is
-    loaded strictly into a model, see :func:`load_into`.)
-    """
+
+def convert_tree(tree: Mapping[str, Mapping[str, np.ndarray]], rows: list[ModuleRow],
+                 model: torch.nn.Module | None = None, *, source: str = "Haiku tree",
+                 target: str = "the model") -> dict[str, Tensor]:
+    """Apply the module table to a two-level Haiku tree; with ``model``, check every name and shape first
+    (:func:`check_tree`), otherwise the names only (missing modules and unexpected entries, all at once)."""
+    if model is not None:
+        check_tree(tree, rows, model, source=source, target=target)
     table = {hk: (ours, kind) for hk, ours, kind in rows}
-    out: dict[str, Tensor] = {}
-    unexpected = []
-    for module, params in tree.items():
-        ours, kind = table.get(module, (None, None))
-        for param, array in params.items():
-            suffix = _KIND_PARAMS[kind].get(param) if kind is not None else None
-            if suffix is None:
-                if param not in _IGNORED_PARAMS.get(kind or "", ()):
-                    unexpected.append(f"{module}/{param}")
-                continue
-            out[f"{ours}.{suffix}" if suffix else ours] = _transform(kind, param, array)
     missing = sorted(hk for hk in table if hk not in tree)
-    if unexpected or missing:
-        lines = ["Haiku parameters do not match the model:"]
-        lines += [f"  unexpected: {k}" for k in sorted(unexpected)]
-        lines += [f"  missing module: {k}" for k in missing]
-        raise ValueError("\n".join(lines))
+    unexpected = sorted(f"{m}/{p}" for m, params in tree.items() for p in params
+                        if m not in table or (p not in KIND_PARAMS[table[m][1]]
+                                              and p not in IGNORED_PARAMS.get(table[m][1], ())))
+    if missing or unexpected:
+        raise ConfigError(f"{source}: the Haiku parameters do not fit {target}: "
+                          + "; ".join([f"missing module: {k}" for k in missing] + [f"unexpected: {k}"
+                                                                                  for k in unexpected]))
+    out: dict[str, Tensor] = {}
+    for module, params in tree.items():
+        ours, kind = table[module]
+        for param, array in params.items():
+            suffix = KIND_PARAMS[kind].get(param)
+            if suffix is not None:
+                out[f"{ours}.{suffix}" if suffix else ours] = transform(kind, param, array)
     return out
 
 
 def load_into(model: torch.nn.Module, converted: dict[str, Tensor], *, source: str) -> None:
-    """Strictly load converted tensors; buffers without an official counterpart
-    (BatchNorm ``num_batches_tracked``) keep the model's values."""
+    """Strictly load converted tensors. Buffers without an official counterpart (BatchNorm
+    ``num_batches_tracked``) get a real zero counter, also on a model built on the meta device (which
+    ``save_pretrained`` could not write)."""
     state = dict(converted)
     for key, value in model.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value
+            state[key] = torch.zeros((), dtype=value.dtype)
     load_state_dict_strict(model, state, source=source)
 
 
-class _FlatMapping(dict):
-    """Stand-in for ``haiku._src.data_structures.FlatMapping``: a plain dict however it was pickled."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__()
-        if args and not isinstance(args[0], Mapping):
-            args = (dict(args[0]),)
-        self.update(*args, **kwargs)
-
-    def __setstate__(self, state) -> None:
-        if isinstance(state, tuple):
-            state = next((s for s in state if isinstance(s, Mapping)), {})
-        self.update(state or {})
-
-
-_SHIMS: dict[tuple[str, str], object] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "dict"): dict,
-    ("haiku._src.data_structures", "FlatMapping"): _FlatMapping,
-    ("haiku._src.data_structures", "FlatMap"): _FlatMapping,
-}
-# numpy's own array reconstruction (numpy 1.x pickles say numpy.core, numpy 2.x numpy._core).
-_NUMPY: dict[tuple[str, str], object] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    **{(mod, name): getattr(np._core.multiarray if hasattr(np, "_core") else np.core.multiarray, name)
-       for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")},
-}
+def read_tree(params: str | Path, state: str | Path | None = None, *,
+              cache_dir: str | Path | None = None) -> tuple[dict, dict]:
+    """``(params, state)`` of an official file (path or URL), with a separate state file's tree merged in (its
+    ``state`` if it wraps ``{'params', 'state'}``, else the whole tree)."""
+    p, s = load_haiku_pickle(resolve_source(params, cache_dir=cache_dir))
+    if state is not None:
+        extra_params, extra_state = load_haiku_pickle(resolve_source(state, cache_dir=cache_dir))
+        extra = extra_state or extra_params
+        overlap = sorted(set(extra) & (set(p) | set(s)))
+        if overlap:
+            raise ConfigError(f"--state {state}: modules already in {params}: {', '.join(overlap)}")
+        s = {**s, **extra}
+    return p, s
 
 
-class RefusedClassError(pickle.UnpicklingError):
-    """The pickle names a class the restricted unpickler does not allow."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        found = _SHIMS.get((module, name)) or _NUMPY.get((module, name))
-        if found is None:
-            raise RefusedClassError(
-                f"refusing to unpickle {module}.{name}: Haiku parameter files may only contain dicts, "
-                f"numpy arrays and haiku FlatMapping")
-        return found
-
-
-def load_haiku_pickle(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
-    """Read an official parameter file safely: ``(params, state)`` as two-level dicts of arrays."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Haiku parameter file {str(path)!r} does not exist")
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
-    except RefusedClassError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
-    except Exception as exc:  # truncated or foreign files
-        raise ValueError(f"{path} is not a readable Haiku parameter pickle: {exc}") from exc
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a mapping of module paths, got {type(obj).__name__}")
-    params, state = (obj["params"], obj.get("state") or {}) if "params" in obj else (obj, {})
-    return _two_level(params, path), _two_level(state, path)
-
-
-def _two_level(tree: Mapping, path: Path) -> dict[str, dict[str, np.ndarray]]:
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for module, params in tree.items():
-        if not isinstance(params, Mapping):
-            raise ValueError(f"{path}: module {module!r} holds a {type(params).__name__}, not a mapping of arrays")
-        for name, value in params.items():
-            if not isinstance(value, (np.ndarray, np.generic)):
-                raise ValueError(f"{path}: {module}/{name} is a {type(value).__name__}, not a numpy array")
-        out[str(module)] = dict(params)
+def merge_overrides(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` applied, nested dicts merged key by key (``extra`` wins)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_overrides(dict(out[key]), value)
+        else:
+            out[key] = value
     return out
 
 
-#: Official ImageNet checkpoints, recognised by their preprocessor modules.
-_IMAGENET_BY_MODULE = (("image_preprocessor/~/conv2_d_downsample/~/conv", "perceiver-io-imagenet-conv"),
-                       ("image_preprocessor/~/conv2_d", "perceiver-io-imagenet-learned"))
+def convert_haiku_file(path: str | Path, model_name: str | None = None, *, state: str | Path | None = None,
+                       cache_dir: str | Path | None = None, **overrides: Any) -> torch.nn.Module:
+    """Build the model an official parameter file (path or URL) holds and load its weights and BatchNorm
+    statistics (from the file's ``state`` or a separate ``state`` file) strictly. Returns it in eval mode.
 
-
-def guess_model_name(params: Mapping[str, object]) -> str:
-    """The registered model an official parameter tree belongs to (ImageNet classifiers, language MLM, flow,
-    multimodal autoencoder)."""
-    if "embedding_decoder" in params:
-        return "perceiver-io-language-mlm"
-    if "flow_decoder/~/basic_decoder/output" in params:
-        return "perceiver-io-flow"
-    if "multimodal_decoder/~/basic_decoder/output" in params:
-        return "perceiver-io-multimodal-kinetics"
-    if "classification_decoder/~/basic_decoder/output" not in params:
-        raise ValueError("cannot tell which model these Haiku parameters belong to (no ImageNet classification "
-                         "decoder); pass the registered model name explicitly")
-    for module, name in _IMAGENET_BY_MODULE:
-        if module in params:
-            return name
-    return "perceiver-io-imagenet-fourier"
-
-
-def model_rows(config: PerceiverIOConfig) -> list[ModuleRow]:
-    """The module table for a Perceiver IO config: an ImageNet-style image classifier, the language MLM, optical
-    flow or the multimodal autoencoder (chosen by its preprocessor)."""
-    kind = config.preprocessor_type if isinstance(config, PerceiverIOConfig) else "other"
-    if kind == "multimodal":
-        return multimodal_rows(config)
-    if kind == "text" and config.is_mlm:
-        return language_mlm_rows(config.encoder.num_self_attends_per_block)
-    if kind == "flow":
-        return flow_rows(config.encoder.num_self_attends_per_block)
-    if kind != "image" or config.decoder.type != "classification" or config.encoder.layout != "io":
-        raise ValueError("Haiku conversion supports Perceiver IO image classifiers (io encoder, classification "
-                         "decoder, image preprocessor), the language MLM, optical flow and the multimodal "
-                         "autoencoder")
-    p = config.preprocessor
-    return (image_preprocessor_rows(p.prep_type, p.position_encoding, p.project_pos_dim)
-            + encoder_rows(config.encoder.num_self_attends_per_block) + classification_decoder_rows())
-
-
-def convert_haiku_file(path: str | Path, model_name: str | None = None, **overrides):
-    """Build the registered model for an official parameter file and load its weights (and BatchNorm
-    statistics) strictly. Returns the model in eval mode."""
-    params, state = load_haiku_pickle(path)
-    name = model_name or guess_model_name(params)
-    model = create_model(name, device="meta", **overrides)
-    converted = convert_tree({**params, **state}, model_rows(model.config))
+    Without ``model_name`` the kind and every size the tree fixes are read from it (heads and blocks keep the
+    registered defaults); ``overrides`` (``create_model`` style, nested dicts) apply on top either way."""
+    params, st = read_tree(path, state, cache_dir=cache_dir)
+    if model_name is None:
+        name = guess_model_name(params)
+        overrides = merge_overrides(infer_overrides(params, name), overrides)
+        target = f"the inferred {name} configuration"
+    else:
+        name, target = model_name, f"--model {model_name}"
+    entry = get_entry(name)
+    try:
+        config = get_config(name, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: {target}: {exc} (the number of heads and blocks is not stored in the file: "
+                          f"set them with --heads / --set encoder.num_blocks=N)") from None
+    with torch.device("meta"):
+        model = entry.model_cls(config)
+    rows = model_rows(config)
+    tree = {**params, **st}
+    converted = convert_tree(tree, rows, model, source=str(path), target=target)
     load_into(model, converted, source=str(path))
     return model.eval()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from perceivers.converters import haiku as hk
+from perceivers.core.errors import ConfigError
 from perceivers.models import create_model
 from perceivers.preprocessors.image import tf_same_padding
 
@@ -154,24 +155,23 @@ def test_unpickler_refuses_arbitrary_classes(tmp_path):
         hk.load_haiku_pickle(tmp_path / "evil.pickle")
 
 
-def test_mismatches_are_listed(tmp_path, haiku_module):
+def test_mismatches_are_listed_at_once(tmp_path, haiku_module):
+    """Missing, unexpected and mis-shaped entries in one error, before any tensor is converted."""
     model = create_model("perceiver-io-imagenet-fourier", **SMALL)
     tree = _official_tree(model)
     del tree["perceiver_encoder/~/self_attention_1/mlp/linear_1"]
     tree["perceiver_encoder/~/self_attention_9/mlp/linear"] = {"w": np.zeros((2, 2), np.float32)}
     tree["classification_decoder/~/basic_decoder/output"]["w"] = np.zeros((3, 3), np.float32)
+    del tree["perceiver_encoder/~/cross_attention/layer_norm"]["offset"]
     _write(tmp_path / "p.pickle", tree)
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ConfigError) as exc:
         hk.convert_haiku_file(tmp_path / "p.pickle", "perceiver-io-imagenet-fourier", **SMALL)
     msg = str(exc.value)
-    assert "missing module: perceiver_encoder/~/self_attention_1/mlp/linear_1" in msg
-    assert "unexpected: perceiver_encoder/~/self_attention_9/mlp/linear/w" in msg
-    del tree["perceiver_encoder/~/self_attention_9/mlp/linear"]
-    tree["perceiver_encoder/~/self_attention_1/mlp/linear_1"] = _official_tree(model)[
-        "perceiver_encoder/~/self_attention_1/mlp/linear_1"]
-    _write(tmp_path / "p.pickle", tree)
-    with pytest.raises(ValueError, match="shape mismatch: decoder.output.weight"):
-        hk.convert_haiku_file(tmp_path / "p.pickle", "perceiver-io-imagenet-fourier", **SMALL)
+    assert "\n" not in msg
+    assert "2 missing: " in msg and "perceiver_encoder/~/self_attention_1/mlp/linear_1" in msg
+    assert "perceiver_encoder/~/cross_attention/layer_norm/offset" in msg
+    assert "1 unexpected: perceiver_encoder/~/self_attention_9/mlp/linear/w" in msg
+    assert "1 mis-shaped: classification_decoder/~/basic_decoder/output/w [3, 3] (expected [16, 5])" in msg
 
 
 def test_missing_and_garbage_files(tmp_path):
