@@ -238,11 +238,14 @@ def read_tree(params: str | Path, state: str | Path | None = None, *,
 
 
 def merge_overrides(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` applied, nested dicts merged key by key (``extra`` wins)."""
+    """``base`` with ``extra`` applied, nested dicts merged key by key (``extra`` wins; a dict over a config
+    object, such as an inferred modality, replaces those fields of it)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = merge_overrides(dict(out[key]), value)
+        elif isinstance(value, Mapping) and hasattr(out.get(key), "replace"):  # a config inferred whole
+            out[key] = out[key].replace(**value)
         else:
             out[key] = value
     return out

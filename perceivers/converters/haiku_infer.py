@@ -8,7 +8,9 @@ the defaults, and every size the tree fixes overrides them (:func:`infer_overrid
 - image classifiers: input channels and conv / conv1x1 widths, Fourier bands (from the cross-attention input width),
   the learned position table (square grid) and its projection; the classification query width and classes;
 - language MLM: vocabulary, embedding width, input and query lengths, decoder qk / v widths;
-- optical flow: patch embedding width and Fourier bands; multimodal: the decoder's output width and the classes.
+- optical flow: patch embedding width and Fourier bands;
+- multimodal: per released modality (audio, image, label) classes, label query width, samples per audio patch,
+  video channels, input and query Fourier bands; the common paddings; the decoder's output width.
 
 What the tree cannot fix keeps the registered value: the number of heads (weights are the same for any head
 count dividing the width), the number of blocks (one set of weights is applied ``num_blocks`` times), image
@@ -22,6 +24,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from perceivers.converters.haiku_tables import POSTPROCESSOR_NAMES
 from perceivers.core.errors import ConfigError
 
 Tree = Mapping[str, Mapping[str, Any]]
@@ -182,15 +185,61 @@ def infer_overrides(params: Tree, name: str) -> dict[str, Any]:
         decoder = dict(num_outputs=outputs, **infer_decoder(params, "flow_decoder/~/basic_decoder", d))
         return {"preprocessor": prep, "encoder": encoder, "decoder": decoder}
     if name == "perceiver-io-multimodal-kinetics":
-        _, out_channels = _shape(params, "multimodal_decoder/~/basic_decoder/output", "w")
-        decoder = dict(num_output_channels=out_channels,
-                       **infer_decoder(params, "multimodal_decoder/~/basic_decoder", d))
-        return {"encoder": encoder, "decoder": decoder}
+        return infer_multimodal(params, encoder, input_channels)
     hk = "classification_decoder/~/basic_decoder"
     _, qc = _shape(params, f"{hk}/~/trainable_position_encoding", "pos_embs")
     _, classes = _shape(params, f"{hk}/output", "w")
     decoder = dict(num_outputs=classes, num_query_channels=qc, **infer_decoder(params, hk, d))
     return {"preprocessor": _image(params, name, input_channels), "encoder": encoder, "decoder": decoder}
+
+
+def _modality(tree: Tree, m: Any, name: str, k: int, width: int, query_width: int) -> tuple[Any, int, int]:
+    """One released-layout modality with the sizes the tree fixes: classes and label query width, samples per
+    audio patch, video channels, input and query Fourier bands. Returns it with its input and query paddings."""
+    pad = _shape(tree, f"multimodal_preprocessor/{name}_padding", "pos_embs")[-1]
+    qpad = _shape(tree, f"multimodal_decoder/~decoder_query/{name}_padding", "pos_embs")[-1]
+    channels, qchannels = width - pad, query_width - qpad
+    post = f"{POSTPROCESSOR_NAMES[m.kind]}{'' if k == 0 else f'_{k}'}/linear"
+    out = _shape(tree, post, "w")[-1]
+    mask = m.mask_prob if f"multimodal_preprocessor/{name}_mask_token" in tree else None
+    if m.kind == "label":
+        suffix = "" if k == 0 else f"_{k}"
+        query = _shape(tree, f"classification_decoder{suffix}/~/basic_decoder/~/trainable_position_encoding",
+                       "pos_embs")[-1]
+        return m.replace(num_classes=out, query_channels=query, mask_prob=mask), pad, qpad
+    dims = m.num_position_dims
+    if m.kind == "audio":
+        fields = {"samples_per_patch": out}
+        feature = out
+    else:
+        fields = {"in_channels": out}
+        feature = m.temporal_patch * m.spatial_patch**2 * out
+    bands = _fourier_bands(channels - feature, dims, f"{name} input")
+    qbands = _fourier_bands(qchannels, dims, f"{name} query")
+    return m.replace(**fields, num_bands=bands, query_num_bands=None if qbands == bands else qbands,
+                     mask_prob=mask), pad, qpad
+
+
+def infer_multimodal(tree: Tree, encoder: dict[str, Any], width: int) -> dict[str, Any]:
+    """Overrides of the multimodal autoencoder: encoder, decoder widths and, for each of the released modalities
+    (``audio``, ``image``, ``label``; frames, image size and sample count are not fixed by the weights), the sizes
+    :func:`_modality` reads; the common paddings from the narrowest padding vectors."""
+    from perceivers.models.registry import get_config
+
+    base = get_config("perceiver-io-multimodal-kinetics")
+    hk = "multimodal_decoder/~/basic_decoder"
+    query_width = attention_widths(tree, f"{hk}/cross_attention")["q_in"]
+    modalities, pads, qpads, seen = {}, [], [], {}
+    for name, m in base.preprocessor.modalities.items():
+        k = seen.get(m.kind, 0)
+        seen[m.kind] = k + 1
+        modalities[name], pad, qpad = _modality(tree, m, name, k, width, query_width)
+        pads.append(pad)
+        qpads.append(qpad)
+    decoder = {"num_output_channels": _shape(tree, f"{hk}/output", "w")[-1], "min_padding_size": min(qpads),
+               **infer_decoder(tree, hk, encoder["num_latent_channels"])}
+    return {"preprocessor": {"modalities": modalities, "min_padding_size": min(pads)}, "encoder": encoder,
+            "decoder": decoder}
 
 
 def describe_config(config: Any, name: str) -> str:

@@ -182,22 +182,24 @@ def test_missing_and_garbage_files(tmp_path):
         hk.load_haiku_pickle(tmp_path / "junk.pickle")
 
 
-def test_cli_converts_a_released_size_fourier_tree(tmp_path, haiku_module, capsys):
-    """`perceivers convert haiku` on a full-size tree with the official names and shapes."""
+@pytest.mark.parametrize(("name", "count", "resolution"), [("perceiver-io-imagenet-fourier", "48,440,627", 224),
+                                                          ("perceiver-io-imagenet-conv", "48,646,522", 56)])
+def test_cli_converts_a_released_size_tree(tmp_path, haiku_module, capsys, name, count, resolution):
+    """`perceivers convert haiku` on a full-size tree with the official names and shapes, the model recognised
+    (the README's conv example: BatchNorm statistics in the file's state, saved after a build on meta)."""
+    from testkit.haiku import haiku_trees
+
     from perceivers.cli.main import main
     from perceivers.models import from_pretrained
 
-    model = create_model("perceiver-io-imagenet-fourier", device="meta")
-    tree: dict[str, dict[str, np.ndarray]] = {}
-    for module, ours, kind in hk.model_rows(model.config):
-        for param, suffix in hk._KIND_PARAMS[kind].items():
-            shape = tuple(model.state_dict()[f"{ours}.{suffix}" if suffix else ours].shape)
-            tree.setdefault(module, {})[param] = np.full(shape[::-1] if param == "w" else shape, 0.01, np.float32)
-    assert tree["perceiver_encoder/~/cross_attention/attention/linear"]["w"].shape == (1024, 261)
-    _write(tmp_path / "imagenet_fourier_position_encoding.pystate", tree, {})
-    assert main(["convert", "haiku", str(tmp_path / "imagenet_fourier_position_encoding.pystate"),
-                 str(tmp_path / "out")]) == 0
-    assert "48,440,627 parameters" in capsys.readouterr().out
+    tree, state = haiku_trees(create_model(name, device="meta"))
+    assert tree["perceiver_encoder/~/cross_attention/attention/linear"]["w"].shape == (1024, 261 if resolution == 224
+                                                                                        else 64 + 258)
+    path = tmp_path / "released.pystate"
+    _write(path, tree, state)
+    assert main(["convert", "haiku", str(path), str(tmp_path / "out")]) == 0
+    assert f"{count} parameters" in capsys.readouterr().out
     loaded = from_pretrained(tmp_path / "out")
-    assert loaded.config.preprocessor.max_resolution == (224, 224)
+    assert loaded.config == create_model(name, device="meta").config
+    assert loaded.config.preprocessor.max_resolution == (resolution, resolution)
     assert torch.all(loaded.state_dict()["encoder.latents"] == 0.01)

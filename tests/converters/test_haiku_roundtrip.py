@@ -13,7 +13,7 @@ from perceivers import from_pretrained
 from perceivers.cli.main import main
 from perceivers.converters import haiku as hk
 from perceivers.converters.haiku_infer import infer_overrides
-from perceivers.models import create_model
+from perceivers.models import create_model, get_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,11 +65,21 @@ def test_convert_save_load_is_exact_without_model_name(tmp_path, head):
     assert loaded.config.encoder == source.config.encoder
 
 
-def test_multimodal_convert_save_load_is_exact(tmp_path):
+MULTIMODAL_FLAGS = [  # what the weights do not fix: frames, image size, samples, Fourier maximum resolutions, heads
+    "--heads", "2", "--set", "preprocessor.modalities.image.num_frames=2",
+    "--set", "preprocessor.modalities.image.image_size=[8, 8]",
+    "--set", "preprocessor.modalities.image.max_resolution=[2, 2, 2]",
+    "--set", "preprocessor.modalities.image.query_max_resolution=[2, 2, 2]",
+    "--set", "preprocessor.modalities.audio.num_samples=64", "--set", "preprocessor.modalities.audio.max_resolution=[64]"]
+
+
+@pytest.mark.parametrize("flags", [MULTIMODAL_FLAGS, ["--model", "perceiver-io-multimodal-debug"]],
+                         ids=["inferred", "named"])
+def test_multimodal_convert_save_load_is_exact(tmp_path, flags):
     source = randomize_(create_model("perceiver-io-multimodal-debug"), 0.3).eval()
     params, _ = haiku_trees(source)
     path = write_pickle(tmp_path / "video_autoencoding_checkpoint.pystate", params, protocol=2)
-    assert main(["convert", "haiku", str(path), str(tmp_path / "out"), "--model", "perceiver-io-multimodal-debug"]) == 0
+    assert main(["convert", "haiku", str(path), str(tmp_path / "out"), *flags]) == 0
     loaded = from_pretrained(tmp_path / "out")
     x = {"image": torch.rand(1, 2, 8, 8, 3, generator=gen), "audio": torch.randn(1, 64, generator=gen)}
     with torch.no_grad():
@@ -159,3 +169,14 @@ def test_inferred_overrides_of_a_tree():
                                        "cross_attend_widening_factor": 1, "self_attend_widening_factor": 1,
                                        "qk_channels": 16, "v_channels": 32}
     assert inferred["preprocessor"] == {"vocab_size": 262, "num_channels": 16, "max_seq_len": 32}
+
+
+@pytest.mark.parametrize("name", ["perceiver-io-imagenet-fourier", "perceiver-io-imagenet-learned",
+                                  "perceiver-io-imagenet-conv", "perceiver-io-language-mlm", "perceiver-io-flow",
+                                  "perceiver-io-multimodal-kinetics"])
+def test_released_sizes_are_read_back_from_their_trees(name):
+    """Every released configuration is what its tree's names and shapes give (shapes only: arrays take no memory)."""
+    released = create_model(name, device="meta")
+    params, _ = haiku_trees(released)
+    assert hk.guess_model_name(params) == name
+    assert get_config(name, **infer_overrides(params, name)) == released.config

@@ -22,19 +22,22 @@ _SUFFIX = {"w": "weight", "b": "bias", "scale": "weight", "offset": "bias"}
 
 
 def official_layout(kind: str, param: str, t: torch.Tensor) -> np.ndarray:
-    a = t.detach().numpy()
+    """Our tensor in the official layout; for a tensor on the meta device a read-only array of 0.01 of the official
+    shape that takes no memory (``np.broadcast_to``; pickling writes it out in full)."""
+    a = np.broadcast_to(np.float32(0.01), tuple(t.shape)) if t.is_meta else t.detach().numpy()
     if kind == "linear" and param == "w":
-        return a.T.copy()  # [out, in] -> [in, out]
-    if kind == "conv" and param == "w":
-        return a.transpose(2, 3, 1, 0).copy()  # OIHW -> HWIO
-    if kind in ("batchnorm", "ema"):
-        return a.reshape(1, 1, 1, -1).copy()
-    return a.copy()
+        a = a.T  # [out, in] -> [in, out]
+    elif kind == "conv" and param == "w":
+        a = a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif kind in ("batchnorm", "ema"):
+        a = a.reshape(1, 1, 1, -1)
+    return a if t.is_meta else a.copy()
 
 
 def haiku_trees(model: torch.nn.Module) -> tuple[dict, dict]:
     """``(params, state)``: ``model``'s weights under the official names and layouts; the state holds the
-    BatchNorm statistics (empty for models without BatchNorm)."""
+    BatchNorm statistics (empty for models without BatchNorm). A model on the meta device gives 0.01 everywhere
+    (released sizes without building the weights)."""
     from perceivers.converters.haiku_tables import model_rows
 
     state_dict = model.state_dict()
