@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 
 from perceivers.cli.common import user_input
+from perceivers.cli.convert_official import (
+    OFFICIAL,
+    add_official_parsers,
+    cmd_convert_official,
+)
 
 
 def add_convert(sub: argparse._SubParsersAction) -> None:
@@ -48,12 +53,15 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
                                     "by transformers' from_pretrained.")
     t.add_argument("src", help="our model folder")
     t.add_argument("out", help="output HF folder")
+    add_official_parsers(conv)
     add_port_parsers(conv)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     # A converter reads a foreign file and maps its keys strictly: its errors (a missing file, an unsupported head,
     # missing or unexpected keys) are about that file.
+    if args.source in OFFICIAL:
+        return cmd_convert_official(args)
     if args.source in PORTS:
         return cmd_convert_port(args)
     if args.source == "hf":

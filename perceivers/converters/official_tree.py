@@ -14,7 +14,7 @@ Rows with a ``part`` index are pieces of one of our tensors, concatenated along 
 :func:`check_tree` compares names *and* shapes before any tensor is converted and lists every missing,
 unexpected and mis-shaped entry in one :class:`~perceivers.core.errors.ConfigError` (one line, for the
 command line). Trees are read from a Haiku pickle (the restricted unpickler of
-:mod:`perceivers.converters.haiku`) or from an ``.npz`` whose keys are ``module/param``.
+:mod:`perceivers.converters.haiku_pickle`) or from an ``.npz`` whose keys are ``module/param``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from perceivers.converters.haiku import load_haiku_pickle
+from perceivers.converters.haiku_pickle import load_haiku_pickle
 from perceivers.core.errors import ConfigError
 
 Tree = Mapping[str, Mapping[str, np.ndarray]]

@@ -309,3 +309,23 @@ def test_every_problem_is_listed_at_once_and_npz(tmp_path):
     assert f"1 mis-shaped: {P}/block_1/{X}/layer_norm_1/scale [5] (model: [8])" in msg
     with pytest.raises(ConfigError, match="match no registered HiP variant"):
         convert_hip_file(path)
+
+
+def test_cli_converts_with_group_flags_and_one_line_errors(tmp_path, capsys):
+    import pickle
+
+    from perceivers.cli.main import main
+
+    path = tmp_path / "params.pickle"
+    path.write_bytes(pickle.dumps(official_tree(BOTTLENECK)))
+    out = tmp_path / "out"
+    assert main(["convert", "hip", str(path), str(out), "--num-groups", "2,1,2", "--num-self-attend-heads",
+                 "2,2,2"]) == 0
+    assert from_pretrained(out).config.label_modalities == ("label",)
+    capsys.readouterr()
+    assert main(["convert", "hip", str(path), str(tmp_path / "o2"), "--num-groups", "3,1,3",
+                 "--num-self-attend-heads", "2,2,2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "num_groups=[3, 1, 3] does not fit" in err
+    with pytest.raises(SystemExit):
+        main(["convert", "hip", str(path), str(tmp_path / "o3"), "--num-groups", "two"])

@@ -204,3 +204,23 @@ def test_npz_file_and_bad_overrides(tmp_path):
         infer_config(rotary)
     assert infer_config(rotary, max_context_length=12, num_latents=4, num_cross_attend_heads=2,
                         num_self_attend_heads=2).position_encoding == "rotary"
+
+
+def test_cli_converts_a_pickle_and_reports_problems_in_one_line(tmp_path, capsys):
+    import pickle
+
+    from perceivers.cli.main import main
+
+    tree = official_tree(vocab=11, channels=8, latent_channels=8, layers=1, tables=[13], cross_w=1, self_w=1)
+    path = tmp_path / "params.pickle"
+    path.write_bytes(pickle.dumps({"params": tree, "state": {}}))
+    args = ["convert", "perceiver-ar", str(path), str(tmp_path / "out"), "--num-latents", "4",
+            "--num-cross-attend-heads", "2", "--num-self-attend-heads", "2"]
+    assert main(args) == 0
+    assert "converted" in capsys.readouterr().out
+    assert from_pretrained(tmp_path / "out").config.max_context_length == 12
+    del tree[f"{P}/~/logits"]
+    path.write_bytes(pickle.dumps(tree))
+    assert main([*args[:3], str(tmp_path / "out2"), *args[4:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "2 missing: perceiver_ar/~/logits/b, perceiver_ar/~/logits/w" in err
