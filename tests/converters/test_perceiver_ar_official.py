@@ -8,6 +8,8 @@ masking, query residual, squared-ReLU MLPs, final LayerNorm).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -71,9 +73,21 @@ def official_tree(vocab, channels, latent_channels, layers, tables, cross_w=4, s
     return tree
 
 
-def reference_logits(tree, ids, idxs, num_latents, cross_heads, self_heads):
+def rotate(x, positions, fraction, max_wavelength):
+    """Official ``_apply_rotary_encoding_to_subset`` (every head): ``x (B, T, H, hd)``, ``positions (B, T)``; the first
+    ``floor(hd * fraction / 2) * 2`` channels rotated in interleaved pairs, wavelengths 1 .. ``max_wavelength``."""
+    d = math.floor(x.shape[-1] * fraction / 2) * 2
+    bands = d // 2
+    inv_freq = np.repeat(1.0 / max_wavelength ** ((2.0 / d) * np.linspace(0, bands, bands)), 2)
+    angles = positions[:, :, None, None] * inv_freq  # (B, T, 1, d)
+    xr = x[..., :d]
+    spliced = np.stack((-xr[..., 1::2], xr[..., ::2]), axis=-1).reshape(xr.shape)
+    return np.concatenate([xr * np.cos(angles) + spliced * np.sin(angles), x[..., d:]], axis=-1)
+
+
+def reference_logits(tree, ids, idxs, num_latents, cross_heads, self_heads, rotary=None):
     """Official ``PerceiverAR.__call__`` in float64 numpy for full-length sequences ``ids (B, M)`` with data
-    positions ``idxs (B, M, D)``."""
+    positions ``idxs (B, M, D)``; ``rotary=(fraction_to_rotate, max_wavelength)`` for rotary trees (no tables)."""
     t = {m: {k: v.astype(np.float64) for k, v in p.items()} for m, p in tree.items()}
     def lin(m, x):
         return x @ t[m]["w"] + t[m]["b"]
@@ -83,13 +97,17 @@ def reference_logits(tree, ids, idxs, num_latents, cross_heads, self_heads):
         var = (x ** 2).mean(-1, keepdims=True) - mu ** 2  # use_fast_variance
         return (x - mu) / np.sqrt(var + 1e-5) * t[m]["scale"] + t[m]["offset"]
 
-    def attention(scope, xq, xkv, mask, heads):
+    def attention(scope, xq, xkv, mask, heads, q_pos, k_pos):
         q, k, v = (lin(f"{scope}/attention/linear{s}", x) for s, x in (("", xq), ("_1", xkv), ("_2", xkv)))
         b, n, c = q.shape
+
         def split(a):
             return a.reshape(b, a.shape[1], heads, c // heads)
 
-        logits = np.einsum("bthd,bThd->bhtT", split(q), split(k)) / np.sqrt(c // heads)
+        qh, kh = split(q), split(k)
+        if rotary is not None:
+            qh, kh = rotate(qh, q_pos, *rotary), rotate(kh, k_pos, *rotary)
+        logits = np.einsum("bthd,bThd->bhtT", qh, kh) / np.sqrt(c // heads)
         logits = np.where(mask[:, None], logits, -1e30)
         w = np.exp(logits - logits.max(-1, keepdims=True))
         w /= w.sum(-1, keepdims=True)
@@ -101,20 +119,21 @@ def reference_logits(tree, ids, idxs, num_latents, cross_heads, self_heads):
 
     b, m = ids.shape
     x = t[f"{P}/~/embed"]["embeddings"][ids]
-    for k in range(idxs.shape[-1]):
+    for k in range(idxs.shape[-1] if rotary is None else 0):
         x = x + t[f"{P}/~/embed_{k + 1}"]["embeddings"][idxs[..., k]]
     steps = np.arange(m - num_latents, m)  # latent_last_steps for full-length sequences
     z = lin(f"{P}/~/linear", x[:, steps])
     enc = np.broadcast_to(np.arange(m)[None, :] <= steps[:, None], (b, num_latents, m))
     proc = np.broadcast_to(steps[None, :] <= steps[:, None], (b, num_latents, num_latents))
     s = f"{P}/~/cross_attention"
-    z = z + attention(s, ln(f"{s}/layer_norm", z), ln(f"{s}/layer_norm_1", x), enc, cross_heads)
+    pos = idxs[..., 0].astype(np.float64)
+    z = z + attention(s, ln(f"{s}/layer_norm", z), ln(f"{s}/layer_norm_1", x), enc, cross_heads, pos[:, steps], pos)
     z = z + dense(s, ln(f"{s}/layer_norm_2", z))
     i = 0
     while f"{P}/~/self_attention{'' if i == 0 else f'_{i}'}/layer_norm" in t:
         s = f"{P}/~/self_attention{'' if i == 0 else f'_{i}'}"
         h = ln(f"{s}/layer_norm", z)
-        z = z + attention(s, h, h, proc, self_heads)
+        z = z + attention(s, h, h, proc, self_heads, pos[:, steps], pos[:, steps])
         z = z + dense(s, ln(f"{s}/layer_norm_1", z))
         i += 1
     return lin(f"{P}/~/logits", ln(f"{P}/layer_norm", z))
@@ -202,8 +221,21 @@ def test_npz_file_and_bad_overrides(tmp_path):
     rotary = {k: v for k, v in tree.items() if not k.startswith(f"{P}/~/embed_1")}
     with pytest.raises(ConfigError, match="max_context_length"):
         infer_config(rotary)
-    assert infer_config(rotary, max_context_length=12, num_latents=4, num_cross_attend_heads=2,
-                        num_self_attend_heads=2).position_encoding == "rotary"
+
+
+def test_rotary_tree_converts_with_parity():
+    """A rotary tree (no position table; released settings: fraction 0.5, max_wavelength = context)."""
+    m, n = 12, 5
+    tree = official_tree(vocab=11, channels=16, latent_channels=16, layers=2, tables=[], cross_w=2, self_w=2)
+    model = convert_tree_to_model(tree, infer_config(tree, max_context_length=m, num_latents=n,
+                                                     num_cross_attend_heads=2, num_self_attend_heads=2))
+    assert model.config.position_encoding == "rotary" and model.config.rotary_fraction == 0.5
+    ids = np.random.default_rng(4).integers(0, 11, (2, m))
+    idxs = np.broadcast_to(np.arange(1, m + 1)[None, :, None], (2, m, 1))
+    want = reference_logits(tree, ids, idxs, n, 2, 2, rotary=(0.5, m))
+    with torch.no_grad():
+        got = model(torch.from_numpy(ids)).double().numpy()
+    assert np.abs(got - want).max() < 1e-4
 
 
 def test_cli_converts_a_pickle_and_reports_problems_in_one_line(tmp_path, capsys):
