@@ -7,11 +7,15 @@ import json
 
 import pytest
 import torch
-from perceiver_pytorch import Perceiver, PerceiverIO as PeerIO
+from perceiver_pytorch import Perceiver
+from perceiver_pytorch import PerceiverIO as PeerIO
 
 from perceivers import PerceiverIOConfig, from_pretrained
 from perceivers.cli.main import main
-from perceivers.converters.lucidrains import convert_lucidrains_state_dict, fourier_permutation
+from perceivers.converters.lucidrains import (
+    convert_lucidrains_state_dict,
+    fourier_permutation,
+)
 from perceivers.core.errors import ConfigError
 from perceivers.decoders import DecoderConfig
 from perceivers.encoders import EncoderConfig
@@ -22,15 +26,15 @@ IMAGE = {"max_freq": 10, "num_freq_bands": 3, "image_size": [5, 7], "cross_heads
 
 
 def _perceiver(**kw) -> Perceiver:
-    args = dict(num_freq_bands=3, depth=3, max_freq=10.0, input_channels=3, num_latents=6, latent_dim=16,
-                cross_heads=2, latent_heads=2, cross_dim_head=8, latent_dim_head=12, num_classes=5,
-                self_per_cross_attn=2)
+    args = {"num_freq_bands": 3, "depth": 3, "max_freq": 10.0, "input_channels": 3, "num_latents": 6, "latent_dim": 16,
+                "cross_heads": 2, "latent_heads": 2, "cross_dim_head": 8, "latent_dim_head": 12, "num_classes": 5,
+                "self_per_cross_attn": 2}
     return Perceiver(**{**args, **kw}).eval()
 
 
 def _peer_io(**kw) -> PeerIO:
-    args = dict(depth=3, dim=7, queries_dim=9, num_latents=5, latent_dim=16, cross_heads=2, latent_heads=4,
-                cross_dim_head=6, latent_dim_head=4)
+    args = {"depth": 3, "dim": 7, "queries_dim": 9, "num_latents": 5, "latent_dim": 16, "cross_heads": 2, "latent_heads": 4,
+                "cross_dim_head": 6, "latent_dim_head": 4}
     return PeerIO(**{**args, **kw}).eval()
 
 
