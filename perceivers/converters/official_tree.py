@@ -62,7 +62,14 @@ def read_tree(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     unwrapped) or an ``.npz`` of ``module/param`` keys (read without pickle)."""
     path = Path(path)
     if path.suffix != ".npz":
-        params, state = load_haiku_pickle(path)
+        try:
+            params, state = load_haiku_pickle(path)
+        except ConfigError as exc:
+            if "refusing to unpickle jax" not in str(exc) and "refusing to unpickle optax" not in str(exc):
+                raise
+            raise ConfigError(f"{exc} (a jaxline checkpoint.dill such as the released Perceiver AR copy task holds "
+                              "JAX arrays and optax state: export its 'params' to an .npz of 'module/param' keys "
+                              "first, see docs/checkpoints.md#official-perceiver-ar-and-hip-parameters)") from exc
         return {**params, **state}
     if not path.is_file():
         raise FileNotFoundError(f"parameter file {str(path)!r} does not exist")

@@ -256,3 +256,11 @@ def test_cli_converts_a_pickle_and_reports_problems_in_one_line(tmp_path, capsys
     assert main([*args[:3], str(tmp_path / "out2"), *args[4:]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "2 missing: perceiver_ar/~/logits/b, perceiver_ar/~/logits/w" in err
+
+
+def test_jaxline_checkpoint_dill_is_refused_with_the_export_recipe(tmp_path):
+    """The released checkpoint.dill names JAX/optax code; the restricted unpickler refuses it and says what to do."""
+    path = tmp_path / "checkpoint.dill"
+    path.write_bytes(b"\x80\x02cjax._src.device_array\n_reconstruct_device_array\nq\x00.")
+    with pytest.raises(ConfigError, match="refusing to unpickle jax.*export its 'params' to an .npz"):
+        convert_perceiver_ar_file(path)
