@@ -5,9 +5,9 @@ Its ``ImageClassifier`` (Fourier-encoded channels-last images), ``MaskedLanguage
 ``1``) around an input and an output adapter; all three convert with output parity
 (docs/checkpoints.md#krasserm-perceiver-io). Its attention, pre-LayerNorm blocks and GELU MLPs are ours with
 ``activation='gelu'`` (exact GELU); its qk width defaults to the *query* width, which our configs receive as
-explicit widths (``cross_attend_qk_channels`` / ``qk_channels``). Cross-attends before the first
-``num_cross_attention_layers`` blocks: one (our ``io`` layout) or all of them (``interleaved``);
-``first_*_shared`` map to our ``*_sharing`` options. Its Perceiver AR is not converted (see the docs).
+explicit widths (``cross_attend_qk_channels`` / ``qk_channels``). It cross-attends before the first
+``num_cross_attention_layers`` blocks: one (our ``io`` layout) or more (``interleaved``, with
+``num_cross_attends`` when not all); ``first_*_shared`` map to our ``*_sharing`` options. Its Perceiver AR is not converted (see the docs).
 """
 
 from __future__ import annotations
@@ -106,9 +106,8 @@ def _encoder(state: Mapping[str, Tensor], s: Settings, input_channels: int) -> t
     extra_cross, extra_self = "0.cross_attn_n.0.module.q_norm.weight" in state, "0.self_attn_n.0.0.module.norm.weight" in state
     crosses = s.int("encoder.num_cross_attention_layers", 2 if extra_cross else 1)
     blocks = s.int("encoder.num_self_attention_blocks", max(crosses, 2 if extra_self else 1))
-    if crosses not in (1, blocks):
-        s.refuse("encoder.num_cross_attention_layers", crosses, f"cross-attention before the first block only (1) "
-                 f"or before every block ({blocks}) can be expressed, not before the first {crosses} of {blocks}")
+    if crosses > blocks:
+        s.refuse("encoder.num_cross_attention_layers", crosses, f"at most num_self_attention_blocks={blocks}")
     if extra_cross != (crosses > 1 and not s.bool("encoder.first_cross_attention_layer_shared", not extra_cross)):
         s.refuse("encoder.first_cross_attention_layer_shared", s.get("encoder.first_cross_attention_layer_shared"),
                  f"the file {'has' if extra_cross else 'lacks'} 0.cross_attn_n.*")
@@ -126,7 +125,7 @@ def _encoder(state: Mapping[str, Tensor], s: Settings, input_channels: int) -> t
         v_channels=shape(state, f"{self0}.v_proj.weight", PEER)[0],
         cross_attend_qk_channels=shape(state, f"{cross}.q_proj.weight", PEER)[0],
         cross_attend_v_channels=shape(state, f"{cross}.v_proj.weight", PEER)[0],
-        layout="io" if crosses == 1 else "interleaved",
+        layout="io" if crosses == 1 else "interleaved", num_cross_attends=None if crosses in (1, blocks) else crosses,
         cross_attend_sharing="all_but_first" if extra_cross else "all",
         self_attend_sharing="all_but_first" if extra_self else "all")
     encoder.check_cross_attention_heads(input_channels)
@@ -195,6 +194,9 @@ def krasserm_conversion(state: Mapping[str, Tensor], s: Settings, model: str) ->
         rows += [("0.input_adapter.txt_embedding.weight", "preprocessor.embedding.weight", None),
                  ("0.input_adapter.pos_encoding", "preprocessor.position.pos_embs", None)]
     encoder, enc_rows = _encoder(state, s, kv)
+    if model != "ImageClassifier" and encoder.layout != "io":
+        s.refuse("encoder.num_cross_attention_layers", s.get("encoder.num_cross_attention_layers"),
+                 "our text models cross-attend once (1)")
     if model == "MaskedLanguageModel":
         dec, dec_rows = _decoder(state, s, latent_channels, type="basic", final_project=False)
         dec["output_index_dims"] = (dec.pop("_queries"),)

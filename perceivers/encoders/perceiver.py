@@ -17,6 +17,7 @@ from perceivers.core.validation import (
     check_optional_int,
     check_prob,
     check_scale,
+    fail,
 )
 from perceivers.layers.blocks import CrossAttentionBlock, SelfAttentionBlock
 from perceivers.layers.init import init_trunc_normal
@@ -48,7 +49,9 @@ class EncoderConfig(ConfigBase):
     layout) and ``self_attend_sharing`` say which blocks share weights: ``'all'`` (one module for every
     block), ``'all_but_first'`` (block 0 its own, blocks 1.. one shared) or ``'none'`` (one per block);
     ``cross_attend_qk_channels`` / ``cross_attend_v_channels`` give the cross-attention its own widths
-    (default: ``qk_channels`` / ``v_channels`` as officially); ``qkv_bias=False`` drops the q/k/v biases.
+    (default: ``qk_channels`` / ``v_channels`` as officially); ``qkv_bias=False`` drops the q/k/v biases;
+    ``num_cross_attends`` (interleaved layout) cross-attends before the first that many blocks only (default
+    ``None``: every block; krasserm's ``num_cross_attention_layers``).
     """
 
     num_latents: int = 512
@@ -72,6 +75,7 @@ class EncoderConfig(ConfigBase):
     cross_attend_sharing: str = "all_but_first"
     self_attend_sharing: str = "all"
     qkv_bias: bool = True
+    num_cross_attends: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_latents", "num_latent_channels", "num_blocks", "num_self_attends_per_block",
@@ -90,6 +94,11 @@ class EncoderConfig(ConfigBase):
         check_optional_int("cross_attend_v_channels", self.cross_attend_v_channels)
         check_choice("cross_attend_sharing", self.cross_attend_sharing, SHARING)
         check_choice("self_attend_sharing", self.self_attend_sharing, SHARING)
+        check_optional_int("num_cross_attends", self.num_cross_attends)
+        if self.num_cross_attends is not None and (self.layout != "interleaved"
+                                                   or self.num_cross_attends > self.num_blocks):
+            fail("num_cross_attends", self.num_cross_attends, f"None, or with layout='interleaved' an int <= "
+                 f"num_blocks={self.num_blocks}")
         self_qk = self.qk_channels or self.num_latent_channels
         check_divisible("self-attention qk_channels", self_qk, "num_self_attend_heads", self.num_self_attend_heads)
         check_divisible("self-attention v_channels", self.v_channels or self_qk, "num_self_attend_heads",
@@ -106,7 +115,8 @@ class EncoderConfig(ConfigBase):
         """The cross-attend module used before each block (``-1``: none)."""
         if self.layout == "io":
             return [0] + [-1] * (self.num_blocks - 1)
-        return sharing_schedule(self.cross_attend_sharing, self.num_blocks)
+        crosses = self.num_blocks if self.num_cross_attends is None else self.num_cross_attends
+        return sharing_schedule(self.cross_attend_sharing, crosses) + [-1] * (self.num_blocks - crosses)
 
     def self_attend_schedule(self) -> list[int]:
         """The self-attention stack used by each block."""
@@ -120,8 +130,11 @@ class EncoderConfig(ConfigBase):
         cross_heads = min(self.num_cross_attend_heads, 2)
         if qk is None and self.cross_attend_qk_channels is None and self.cross_attention_shape_for_attn == "kv":
             cross_heads = 1
+        blocks, crosses = min(self.num_blocks, 2), self.num_cross_attends
+        if crosses is not None:  # fewer cross-attends than blocks stays fewer
+            crosses = blocks if crosses >= self.num_blocks else max(1, min(crosses, blocks - 1))
         return self.replace(num_latents=min(self.num_latents, 8), num_latent_channels=16,
-                            num_blocks=min(self.num_blocks, 2),
+                            num_blocks=blocks, num_cross_attends=crosses,
                             num_self_attends_per_block=min(self.num_self_attends_per_block, 2),
                             num_cross_attend_heads=cross_heads,
                             num_self_attend_heads=min(self.num_self_attend_heads, 2),

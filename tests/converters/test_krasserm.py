@@ -52,7 +52,7 @@ def _peer():
     sys.modules.update({k: stubs[k] for k in added})
     try:
         names = {"image": "image.classifier", "mlm": "text.mlm", "text": "text.common", "config": "core.config",
-                 "head": "core.classifier"}
+                 "head": "core.classifier", "text_clf": "text.classifier"}
         return types.SimpleNamespace(**{k: importlib.import_module(f"perceiver.model.{n}") for k, n in names.items()})
     finally:
         for k in added:
@@ -84,7 +84,8 @@ def _layer(prefix: str, q: int, kv: int | None, qk: int, v: int, wf: int, *, res
 
 def peer_shapes(cfg: dict, *, kind: str, crosses: int = 1, blocks: int = 1, extra_cross: bool = False,
                 extra_self: bool = False, residual: bool = True) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of ``ImageClassifier`` / ``MaskedLanguageModel`` state dicts (encoder ``0.*``, decoder ``1.*``)."""
+    """Keys and shapes of ``ImageClassifier`` (``kind='image'``), ``MaskedLanguageModel`` (``'text'``) and
+    ``TextClassifier`` (``'text_clf'``) state dicts (encoder ``0.*``, decoder ``1.*``)."""
     d = cfg["d"]
     if kind == "image":
         pos = 2 * (2 * cfg["bands"] + 1)
@@ -98,10 +99,10 @@ def peer_shapes(cfg: dict, *, kind: str, crosses: int = 1, blocks: int = 1, extr
         for j in range(cfg["per_block"]):
             keys |= _layer(f"0.{name}.{j}", d, None, d, d, cfg["self_wf"])
     keys["0.latent"] = (cfg["latents"], d)
-    qc = cfg["q_channels"] if kind == "image" else cfg["c"]
-    qk = cfg["dec_qk"] if kind == "image" else qc
+    qc = cfg["c"] if kind == "text" else cfg["q_channels"]
+    qk = qc if kind == "text" else cfg["dec_qk"]
     keys |= _layer("1.cross_attn", qc, d, qk, qk, cfg["dec_wf"], residual=residual)
-    if kind == "image":
+    if kind != "text":  # a classifier
         keys |= {"1.output_adapter._output_query": (1, qc), **_linear(cfg["classes"], qc, "1.output_adapter.linear")}
     else:
         keys |= {"1.output_adapter._output_query": (cfg["seq"], qc), "1.output_adapter.bias": (cfg["vocab"],)}
@@ -169,7 +170,7 @@ def reference(s: dict, cfg: dict, x, *, kind: str, crosses=1, blocks=1, residual
             z = _layer_forward(s, f"0.{'self_attn_1' if i == 0 else self_n}.{j}", z, None, cfg["self_heads"])
     query = s["1.output_adapter._output_query"].expand(x.shape[0], -1, -1)
     out = _layer_forward(s, "1.cross_attn", query, z, cfg["dec_heads"], residual=residual)
-    if kind == "image":
+    if kind != "text":  # a classifier
         return F.linear(out, s["1.output_adapter.linear.weight"], s["1.output_adapter.linear.bias"]).squeeze(1)
     return (out @ s["0.input_adapter.txt_embedding.weight"].t() + s["1.output_adapter.bias"])[:, : x.shape[1]]
 
@@ -202,6 +203,13 @@ def _peer_model(kind: str, cfg: dict, layout: dict, residual: bool):
         return PEER.image.ImageClassifier(config).eval()
     enc = PEER.text.TextEncoderConfig(vocab_size=cfg["vocab"], max_seq_len=cfg["seq"], num_input_channels=cfg["c"],
                                         **share)
+    if kind == "text_clf":
+        dec = PEER.head.ClassificationDecoderConfig(num_output_query_channels=cfg["q_channels"],
+                                                    num_classes=cfg["classes"],
+                                                    num_cross_attention_qk_channels=cfg["dec_qk"], **dec)
+        config = PEER.config.PerceiverConfig(encoder=enc, decoder=dec, num_latents=cfg["latents"],
+                                             num_latent_channels=cfg["d"])
+        return PEER.text_clf.TextClassifier(config).eval()
     dec = PEER.mlm.TextDecoderConfig(vocab_size=cfg["vocab"], max_seq_len=cfg["seq"], **dec)
     config = PEER.config.PerceiverConfig(encoder=enc, decoder=dec, num_latents=cfg["latents"],
                                          num_latent_channels=cfg["d"])
@@ -211,7 +219,8 @@ def _peer_model(kind: str, cfg: dict, layout: dict, residual: bool):
 LAYOUTS = [{"crosses": 1, "blocks": 1, "extra_cross": False, "extra_self": False},
            {"crosses": 3, "blocks": 3, "extra_cross": True, "extra_self": False},   # original Perceiver sharing
            {"crosses": 3, "blocks": 3, "extra_cross": False, "extra_self": True},
-           {"crosses": 1, "blocks": 2, "extra_cross": False, "extra_self": True}]
+           {"crosses": 1, "blocks": 2, "extra_cross": False, "extra_self": True},
+           {"crosses": 2, "blocks": 3, "extra_cross": True, "extra_self": True}]  # cross-attends before 2 of 3 blocks
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -271,11 +280,11 @@ def test_cli_converts_and_refuses_in_one_line(tmp_path, capsys):
     with torch.no_grad():
         got = from_pretrained(tmp_path / "out")(x.permute(0, 3, 1, 2))
     assert (got - reference(state, cfg, x, kind="image", crosses=3, blocks=3)).abs().max() < TOL
-    conf["encoder"]["num_self_attention_blocks"] = 4  # cross-attends before 3 of 4 blocks: not expressible
+    conf["encoder"]["num_cross_attention_layers"] = 4  # more cross-attends than blocks
     assert main(["convert", "krasserm", str(tmp_path / "peer.pt"), str(tmp_path / "bad"),
                  "--config", json.dumps(conf)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "num_cross_attention_layers=3" in err[0]
+    assert len(err) == 1 and "num_cross_attention_layers=4" in err[0]
     assert not (tmp_path / "bad").exists()
 
 
@@ -291,8 +300,40 @@ def test_what_does_not_fit_is_refused():
                                     settings(cfg, image_shape=[5, 6, 3]))
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['encoder.heads'\]"):
         convert_krasserm_state_dict(state, settings(cfg, image_shape=[5, 6, 3], heads=2))
+    text = random_state(peer_shapes(TEXT, kind="text", residual=False, **LAYOUTS[1]), TEXT)
+    with pytest.raises(ConfigError, match="cross-attend once"):
+        convert_krasserm_state_dict(text, settings(TEXT, num_cross_attention_layers=3, num_self_attention_blocks=3))
     with pytest.raises(ConfigError, match="Perceiver AR"):
         convert_krasserm_state_dict({"input_adapter.frq_pos_encoding.inv_freq": torch.ones(2)})
     del state["1.cross_attn.1.module.3.bias"]
     with pytest.raises(ConfigError, match=r"missing 1\.cross_attn\.1\.module\.3\.bias"):
         convert_krasserm_state_dict(state, settings(cfg, image_shape=[5, 6, 3]))
+
+
+def test_num_cross_attends_is_validated_and_kept_at_debug_size():
+    from perceivers.encoders import EncoderConfig
+
+    config = EncoderConfig(layout="interleaved", num_blocks=4, num_cross_attends=2, cross_attend_sharing="none")
+    assert config.cross_attend_schedule() == [0, 1, -1, -1]
+    assert config.debug_size().cross_attend_schedule() == [0, -1]  # still fewer cross-attends than blocks
+    for bad in ({"num_cross_attends": 2}, {"layout": "interleaved", "num_blocks": 2, "num_cross_attends": 3}):
+        with pytest.raises(ConfigError, match="num_cross_attends"):
+            EncoderConfig(**bad)
+
+
+def test_text_classifier_matches_the_peer_computation():
+    cfg, layout = {**TEXT, "q_channels": 12, "dec_qk": 10, "classes": 3}, LAYOUTS[3]
+    shapes = peer_shapes(cfg, kind="text_clf", **layout)
+    state = random_state(shapes, cfg, seed=2)
+    model = convert_krasserm_state_dict(state, settings(cfg, num_self_attention_blocks=layout["blocks"]))
+    ids = torch.randint(0, cfg["vocab"], (2, 9))
+    with torch.no_grad():
+        ours = model(ids)
+    assert ours.shape == (2, 3)
+    assert (ours - reference(state, cfg, ids, kind="text_clf", blocks=layout["blocks"])).abs().max() < TOL
+    if PEER is not None:
+        peer = _peer_model("text_clf", cfg, layout, True)
+        assert {k: tuple(v.shape) for k, v in peer.state_dict().items()} == shapes
+        peer.load_state_dict(state)
+        with torch.no_grad():
+            assert (peer(ids) - ours).abs().max() < TOL
