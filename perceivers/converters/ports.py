@@ -37,8 +37,9 @@ def second_half(t: Tensor) -> Tensor:
 
 
 def read_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """A ``torch.save``-d state dict (or a Lightning checkpoint's ``state_dict``), read with ``weights_only=True``
-    (plain tensors and containers only; nothing from the file can run). ``ConfigError`` for anything else."""
+    """A ``torch.save``-d state dict (or a Lightning checkpoint's ``state_dict``, ``model.`` prefix removed), read
+    with ``weights_only=True`` (plain tensors and containers only; nothing from the file can run). ``ConfigError``
+    for anything else."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"state dict file {str(path)!r} does not exist")
@@ -49,7 +50,9 @@ def read_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         raise ConfigError(f"{path}: torch.load(weights_only=True) refused the file ({reason}); save the peer "
                           f"model's weights with torch.save(model.state_dict(), PATH)") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+        obj = obj["state_dict"]  # a Lightning checkpoint: its module's weights sit under "model."
+        if obj and all(isinstance(k, str) and k.startswith("model.") for k in obj):
+            obj = {k.removeprefix("model."): v for k, v in obj.items()}
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ConfigError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
     return dict(obj)

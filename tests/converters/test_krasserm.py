@@ -280,6 +280,10 @@ def test_cli_converts_and_refuses_in_one_line(tmp_path, capsys):
     with torch.no_grad():
         got = from_pretrained(tmp_path / "out")(x.permute(0, 3, 1, 2))
     assert (got - reference(state, cfg, x, kind="image", crosses=3, blocks=3)).abs().max() < TOL
+    lightning = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}  # a Lightning checkpoint
+    torch.save(lightning, tmp_path / "last.ckpt")
+    assert main(["convert", "krasserm", str(tmp_path / "last.ckpt"), str(tmp_path / "out2"),
+                 "--config", json.dumps(conf)]) == 0
     conf["encoder"]["num_cross_attention_layers"] = 4  # more cross-attends than blocks
     assert main(["convert", "krasserm", str(tmp_path / "peer.pt"), str(tmp_path / "bad"),
                  "--config", json.dumps(conf)]) == 2
