@@ -60,7 +60,7 @@ from perceivers.models.registry import get_config, get_entry
 __all__ = ["KIND_PARAMS", "RefusedClassError", "check_tree", "classification_decoder_rows", "convert_haiku_file",
            "convert_tree", "cross_attention_rows", "encoder_rows", "flow_rows", "guess_model_name", "haiku_suffix",
            "image_preprocessor_rows", "language_mlm_rows", "load_haiku_pickle", "load_into", "model_rows",
-           "multimodal_rows", "official_shape", "self_attention_rows"]
+           "multimodal_rows", "official_shape", "self_attention_rows", "transform"]
 
 #: Kind -> {official parameter name: our parameter suffix ('' for a table row naming the tensor itself)}.
 KIND_PARAMS: dict[str, dict[str, str]] = {
@@ -68,7 +68,7 @@ KIND_PARAMS: dict[str, dict[str, str]] = {
     "layer_norm": {"scale": "weight", "offset": "bias"}, "batchnorm": {"scale": "weight", "offset": "bias"},
     "table": {"pos_embs": ""}, "ema": {"average": ""}, "embed": {"embeddings": ""}, "bias": {"bias": ""},
 }
-_KIND_PARAMS = KIND_PARAMS  # the name tests/testkit used before it was public
+_KIND_PARAMS = KIND_PARAMS  # the name tests/testkit/models.py reads
 #: Official parameters with no counterpart here (BatchNorm EMA internals).
 IGNORED_PARAMS = {"ema": {"hidden", "counter"}}
 
@@ -181,8 +181,6 @@ def transform(kind: str, param: str, array: np.ndarray) -> Tensor:
         return t.reshape(-1)
     return t
 
-
-_transform = transform  # the name the tests used before it was public
 
 
 def convert_tree(tree: Mapping[str, Mapping[str, np.ndarray]], rows: list[ModuleRow],

@@ -29,7 +29,7 @@ def _official_tree(model) -> dict[str, dict[str, np.ndarray]]:
     tree: dict[str, dict[str, np.ndarray]] = {}
     for module, ours, kind in hk.model_rows(model.config):
         params = tree.setdefault(module, {})
-        for param, suffix in hk._KIND_PARAMS[kind].items():
+        for param, suffix in hk.KIND_PARAMS[kind].items():
             key = f"{ours}.{suffix}" if suffix else ours
             if key not in state:
                 continue
@@ -111,7 +111,7 @@ def test_real_official_names_and_shapes_on_the_released_configs():
     assert ("image_preprocessor/~_build_network_inputs/position_encoding_projector/linear",
             "preprocessor.position.projection", "linear") in learned
     # HWIO [7, 7, 3, 64] -> OIHW [64, 3, 7, 7]
-    assert hk._transform("conv", "w", np.zeros((7, 7, 3, 64), np.float32)).shape == (64, 3, 7, 7)
+    assert hk.transform("conv", "w", np.zeros((7, 7, 3, 64), np.float32)).shape == (64, 3, 7, 7)
 
 
 def _numpy_conv_hwio(x_hwc: np.ndarray, w_hwio: np.ndarray, stride: int) -> np.ndarray:
@@ -135,7 +135,7 @@ def test_conv_kernel_orientation_against_numpy_hwio_convolution():
     kernel[0, :, :, :] += 5.0  # asymmetric: a spatial transpose or flip would be caught
     x = rng.standard_normal((9, 11, 3)).astype(np.float32)
     expected = _numpy_conv_hwio(x, kernel, 2)
-    weight = hk._transform("conv", "w", kernel)
+    weight = hk.transform("conv", "w", kernel)
     xt = torch.from_numpy(x).permute(2, 0, 1)[None]
     (pt, pb), (pl, pr) = tf_same_padding(9, 7, 2), tf_same_padding(11, 7, 2)
     got = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), weight, stride=2)[0].permute(1, 2, 0).numpy()
