@@ -154,7 +154,7 @@ def cmd_convert_port(args: argparse.Namespace) -> int:
     else:
         from perceivers.converters.krasserm import convert_krasserm_file as convert
     peer = PORTS[args.source][0]
-    with user_input("--config"):
+    with user_input():  # read_settings names --config itself
         settings = read_settings(args.config)
     with user_input():
         model = convert(args.state_dict, settings)
