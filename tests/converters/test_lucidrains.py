@@ -109,6 +109,9 @@ def test_cli_converts_a_saved_state_dict(tmp_path, capsys):
                  "--config", str(tmp_path / "settings.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_freq=10.5" in err[0]
+    assert main(["convert", "lucidrains", str(tmp_path / "peer.pt"), str(tmp_path / "bad"), "--config", "{bad"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].count("--config") == 1 and "not valid JSON" in err[0]
     torch.save({"model": peer}, tmp_path / "pickled.pt")  # a pickled module, not a state dict: refused unread
     assert main(["convert", "lucidrains", str(tmp_path / "pickled.pt"), str(tmp_path / "bad")]) == 2
     assert "weights_only" in capsys.readouterr().err
