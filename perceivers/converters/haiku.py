@@ -259,8 +259,12 @@ def convert_haiku_file(path: str | Path, model_name: str | None = None, *, state
     params, st = read_tree(path, state, cache_dir=cache_dir)
     if model_name is None:
         name = guess_model_name(params)
-        overrides = merge_overrides(infer_overrides(params, name), overrides)
         target = f"the inferred {name} configuration"
+        try:
+            inferred = infer_overrides(params, name)
+        except ConfigError as exc:  # a damaged tree: list every problem against the released size instead
+            inferred, target = {}, f"the released {name} (the sizes cannot be read: {exc})"
+        overrides = merge_overrides(inferred, overrides)
     else:
         name, target = model_name, f"--model {model_name}"
     entry = get_entry(name)

@@ -138,6 +138,22 @@ def test_wrong_model_error_says_what_the_file_holds(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_damaged_tree_lists_every_problem(tmp_path, capsys):
+    """Sizes that cannot be read (latents gone) fall back to the released size, and every problem is listed."""
+    source = create_model("perceiver-io-language-mlm", **CASES["language-mlm"][1])
+    params, _ = haiku_trees(source)
+    del params["perceiver_encoder/~/trainable_position_encoding"], params["basic_decoder/cross_attention/layer_norm"]
+    path = write_pickle(tmp_path / "mlm.pickle", params)
+    assert main(["convert", "haiku", str(path), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert ("the released perceiver-io-language-mlm (the sizes cannot be read: the Haiku tree has no "
+            "perceiver_encoder/~/trainable_position_encoding/pos_embs, which a language MLM needs)" in err)
+    assert "this file holds a 3-layer, ?-latent language MLM" in err
+    assert "perceiver_encoder/~/trainable_position_encoding; basic_decoder/cross_attention/layer_norm" in err
+    assert "embed/embeddings [262, 16] (expected [262, 768])" in err
+
+
 def test_url_is_downloaded_to_the_cache_then_converted(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEIVERS_CACHE", str(tmp_path / "cache"))
     source = randomize_(create_model("perceiver-io-imagenet-conv", **CASES["imagenet-conv"][1]), 0.3).eval()
