@@ -56,7 +56,7 @@ def test_other_globals_are_refused_without_running(tmp_path, protocol, func):
 def test_object_arrays_and_numpy_internals_are_refused(tmp_path):
     path = tmp_path / "o.pickle"
     path.write_bytes(pickle.dumps({"m": {"w": np.array([{"a": 1}], dtype=object)}}))
-    with pytest.raises(ConfigError, match="refusing dtype 'O8'"):
+    with pytest.raises(ConfigError, match="refusing dtype 'O"):
         load_haiku_pickle(path)
     path.write_bytes(pickle.dumps({"m": {"w": _Call(np.load, "x.npy")}}))
     with pytest.raises(ConfigError, match="refusing to unpickle numpy"):
