@@ -1,14 +1,97 @@
-"""Files that are never half-written: atomic writes, JSON objects in and out."""
+"""Files that are never half-written: atomic writes, JSON objects in and out; the OS errors of files and folders
+as one-line :class:`FileSystemError`; an exclusive lock on a run folder (:class:`FolderLock`); and
+:func:`safe_torch_load`, the one way to read a torch pickle (tensors and containers only)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from perceivers.core.errors import ConfigError, UserError
+
+
+class FileSystemError(UserError, OSError):
+    """A file or folder cannot be written or read for a reason of the operating system (disk full, read-only file
+    system, a file where a folder should be, no permission). ``str()`` is one line naming the path and the OS error,
+    e.g. ``cannot write runs/x/metrics.json: No space left on device``; also an ``OSError`` with the same ``errno``."""
+
+    def __init__(self, action: str, path: str | os.PathLike, exc: OSError) -> None:
+        where = exc.filename if exc.filename is not None else path
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        super().__init__(exc.errno, reason, str(where))
+        self.message = f"cannot {action} {where}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def reported_os_errors(action: str, path: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` of the block into a :class:`FileSystemError` (``cannot ACTION PATH: REASON``); wrap only
+    file and folder operations, never a computation."""
+    try:
+        yield
+    except FileSystemError:
+        raise
+    except OSError as exc:
+        raise FileSystemError(action, path, exc) from exc
+
+
+class FolderLockedError(UserError):
+    """Another process holds the :class:`FolderLock` of a folder."""
+
+
+class FolderLock:
+    """An exclusive lock on ``folder/.lock`` (``fcntl.flock``), held from :meth:`acquire` to :meth:`release`.
+
+    The kernel drops the lock when its process ends, however it ends (SIGKILL included), so a dead run never leaves
+    a stale lock; the file keeps the PID of the last holder for the message. Without ``fcntl`` (Windows) this is a
+    no-op."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder, self.file, self._fd = Path(folder), Path(folder) / ".lock", None
+
+    def acquire(self) -> Self:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        with reported_os_errors("lock", self.file):
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FileSystemError("lock", self.file, exc) from exc
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise FolderLockedError(f"{self.folder} is in use by another run ({who} holds {self.file}): wait for "
+                                    "it to end, or choose another run folder (--out)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -38,6 +121,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def bytes_writer(data: bytes) -> Callable[[str], None]:
+    """A ``write(path)`` that writes ``data`` with Python's file I/O, so a full disk is an ``OSError`` (``ENOSPC``)
+    rather than a library's own error (``torch.save`` to a path reports one as a bare ``RuntimeError``)."""
+
+    def write(path: str) -> None:
+        with open(path, "wb") as fh:
+            fh.write(data)
+
+    return write
 
 
 def json_writer(data: dict[str, Any]) -> Callable[[str], None]:
@@ -137,3 +231,34 @@ def atomic_folder(directory: str | os.PathLike, writers: dict[str, Callable[[str
             os.rename(item, path / item.name)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """One line about why ``torch.load(weights_only=True)`` refused or failed; never torch's advice to retry with
+    ``weights_only`` off (which would run whatever the file's pickle asks for)."""
+    text = str(exc)
+    if "weights_only" in text or "Unpickl" in type(exc).__name__ or "safe_globals" in text:
+        glob, op = re.search(r"GLOBAL ([\w.]+)", text), re.search(r"Unsupported operand \d+", text)
+        named = f" (it names {glob.group(1)})" if glob else f" ({op.group(0)})" if op else ""
+        return ("it holds Python objects other than tensors and plain containers, which are never unpickled"
+                f"{named}")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no details'}"
+
+
+def safe_torch_load(path: str | os.PathLike, *, error: type[Exception] = ConfigError) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only. A missing or unreadable
+    file, or one whose pickle asks for anything else, raises ``error`` (a :class:`ConfigError` by default) with one
+    line naming the file (:func:`describe_load_error`; the cause is not chained, so torch's advice never shows)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} is missing")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols, asking to file an issue
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported the same way
+        message = f"{path} is corrupted or unreadable: {describe_load_error(exc)}"
+    raise error(message)

@@ -3,12 +3,18 @@
 Launch several processes with ``torchrun``; its environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``) is read here. Backend: NCCL on CUDA, gloo on CPU. Models stay plain
 single-device modules: wrapping happens from outside, per block then the root for FSDP2.
+
+Every wait on other processes is bounded by the engine's ``collective_timeout`` (passed to
+``init_process_group``); a collective that times out or loses a peer (a process that froze, died or was killed)
+ends every other process with one :class:`CollectiveError` line instead of a backend traceback.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -17,10 +23,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from perceivers.core.errors import ConfigError
+from perceivers.core.errors import ConfigError, UserError
 from perceivers.core.validation import check_choice, fail
 
 STRATEGIES = ("none", "ddp", "fsdp")
+
+
+class CollectiveError(UserError, RuntimeError):
+    """A collective operation failed because another process froze, died or was killed (or could not be reached
+    within ``collective_timeout``): not a bug of this process, so one line (the CLI's exit status 2)."""
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a process-group failure (timeout, lost peer) from gloo / NCCL / the rendezvous store."""
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and bool(re.search(r"gloo|NCCL|Connection (closed|reset)|Timed out", str(exc))))
+
+
+def collective_failure(exc: BaseException, rank: int, world_size: int, timeout: float) -> CollectiveError:
+    """The one-line :class:`CollectiveError` for a collective failure ``exc`` on ``rank``."""
+    text = str(exc)
+    if re.search(r"timed out|timeout", text, re.IGNORECASE):
+        why = f"no answer from another process within collective_timeout={timeout:g} s (is one frozen or stopped?)"
+    elif re.search(r"Connection (closed|reset)|Broken pipe|peer", text):
+        why = "the connection to another process was lost (did one die or get killed?)"
+    else:
+        why = " ".join(re.sub(r"^\[[^\]]*\]\s*", "", text).split())[:200]
+    return CollectiveError(f"rank {rank} of {world_size}: a collective operation failed: {why}; see the other "
+                           "processes' output; the checkpoints written so far are intact (continue with --resume)")
 
 
 @dataclass
@@ -80,10 +110,11 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
     return dev
 
 
-def setup(strategy: str, device: str) -> DistContext:
+def setup(strategy: str, device: str, timeout: float = 600.0) -> DistContext:
     """Join (or create) the process group that ``strategy`` needs; ``WORLD_SIZE`` > 1 requires ddp or fsdp. A bad
     ``strategy`` or ``device``, or several processes with ``strategy='none'``, is a
-    :class:`~perceivers.core.errors.ConfigError`."""
+    :class:`~perceivers.core.errors.ConfigError`. ``timeout`` (seconds) bounds joining the group and every
+    collective of a group created here."""
     check_choice("strategy", strategy, STRATEGIES)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -98,7 +129,13 @@ def setup(strategy: str, device: str) -> DistContext:
         return ctx
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if "MASTER_ADDR" in os.environ:
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout))
+        except RuntimeError as exc:
+            if not is_collective_failure(exc):
+                raise
+            raise collective_failure(exc, rank, world, timeout) from None
     else:  # one process without torchrun: a private group of one
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     ctx.owns_group = True

@@ -9,6 +9,11 @@ Determinism: the model is built after seeding with ``seed``; the data order is a
 (:class:`~perceivers.training.runtime.DataOrder`); each rank's RNG streams (dropout, augmentation) are seeded from
 ``seed`` and its rank, and saved in every checkpoint. Resuming on CPU therefore ends bit-identical to an
 uninterrupted run.
+
+Faults: rank 0 holds a lock on the run folder for the whole run (a second run into it is refused); a resumed run
+must keep the checkpoint's settings unless ``allow_change`` names them; an ``OSError`` while writing is one line
+naming the file; a collective that fails (a peer froze past ``collective_timeout``, died or was killed) is one
+line; Ctrl-C during the final evaluation and save stops the run as interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,8 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from perceivers.core.errors import ConfigError
-from perceivers.core.files import write_json
+from perceivers.core.errors import ConfigError, UserError
+from perceivers.core.files import FolderLock, reported_os_errors, write_json
 from perceivers.training import dist as D
 from perceivers.training.checkpoint import (
     CheckpointError,
@@ -35,7 +41,11 @@ from perceivers.training.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from perceivers.training.config import EngineConfig
+from perceivers.training.config import (
+    EngineConfig,
+    check_resume_settings,
+    settings_record,
+)
 from perceivers.training.optim import build_optimizer, lr_factor
 from perceivers.training.records import RunRecords
 from perceivers.training.runtime import (
@@ -50,20 +60,28 @@ from perceivers.training.task import Task
 
 
 def run_task(task: Task, config: EngineConfig, out_dir: str | Path, *, resume: bool | str | Path = False,
-             progress: bool = True, log=print) -> dict[str, Any]:
+             allow_change: Iterable[str] = (), progress: bool = True, log=print) -> dict[str, Any]:
     """Train ``task`` with ``config``; write ``out_dir/{checkpoints/, metrics.csv, eval.csv, model/, metrics.json}``.
 
-    ``resume=True`` continues from the latest checkpoint under ``out_dir/checkpoints`` (a path: that checkpoint).
-    Returns the final metrics on rank 0 (``{}`` on other ranks), or ``{"interrupted": True, ...}`` after Ctrl-C /
-    SIGTERM (every rank). Rank 0 logs the task's one-line summary at the end."""
+    ``resume=True`` continues from the latest checkpoint under ``out_dir/checkpoints`` (a path: that checkpoint);
+    settings that differ from the checkpoint's are refused unless ``allow_change`` names them
+    (:func:`~perceivers.training.config.check_resume_settings`). Returns the final metrics on rank 0 (``{}`` on
+    other ranks), or ``{"interrupted": True, ...}`` after Ctrl-C / SIGTERM (every rank), also during the final
+    evaluation and save. Rank 0 logs the task's one-line summary at the end."""
     if not isinstance(task, Task):
         raise TypeError(f"task must be a perceivers.training.task.Task, got {type(task).__name__}")
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
-    ctx = D.setup(config.strategy, config.device)
+    allow = (allow_change,) if isinstance(allow_change, str) else tuple(allow_change)
+    allow = tuple(k.strip() for item in allow for k in str(item).split(",") if k.strip())
+    ctx = D.setup(config.strategy, config.device, config.collective_timeout)
     try:
         return _Run(task, config, Path(out_dir), ctx, log if ctx.is_main else (lambda *a, **k: None)).run(
-            resume=resume, progress=progress)
+            resume=resume, progress=progress, allow_change=allow)
+    except RuntimeError as exc:
+        if ctx.world_size > 1 and not isinstance(exc, UserError) and D.is_collective_failure(exc):
+            raise D.collective_failure(exc, ctx.rank, ctx.world_size, config.collective_timeout) from None
+        raise
     finally:
         ctx.close()
 
@@ -83,7 +101,7 @@ class _Run:
         self.num_parameters = sum(p.numel() for p in self.raw.parameters())
         self.dataset = self.task.train_dataset(cfg.seed)
         self.order = DataOrder(len(self.dataset), cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last)
-        self.total = cfg.steps if cfg.steps is not None else cfg.epochs * self.order.steps_per_epoch
+        self.total = cfg.num_steps(self.order.steps_per_epoch)
         self.chunks = ctx.world_size * cfg.grad_accum
         last = len(self.dataset) % cfg.batch_size
         smallest = last if (last and not cfg.drop_last) else cfg.batch_size
@@ -102,7 +120,7 @@ class _Run:
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_fraction * self.total)
         seed_all(cfg.seed * 1_000_003 + 7_919 * (ctx.rank + 1))  # per-rank training streams
 
-    def _start(self, resume: bool | str | Path) -> dict[str, Any]:
+    def _start(self, resume: bool | str | Path, allow_change: tuple[str, ...]) -> dict[str, Any]:
         """Fresh start (clearing a finished run's records) or restore from a checkpoint; returns progress state."""
         ctx = self.ctx
         state = {"step": 0, "train_seconds": 0.0, "skipped": 0, "examples": 0}
@@ -113,6 +131,7 @@ class _Run:
                                       "meta.json); run without --resume to start")
             if not path.is_dir():
                 raise CheckpointError(f"--resume: checkpoint folder {str(path)!r} does not exist")
+            check_resume_settings(read_meta(path), self._settings(), path / "meta.json", allow_change, self.log)
             meta = load_checkpoint(path, model=self.plain, optimizer=self.optimizer, strategy=self.cfg.strategy,
                                    ctx=ctx)
             state.update({k: meta[k] for k in state if k in meta})
@@ -133,6 +152,24 @@ class _Run:
             self.records.reset()
         ctx.barrier()
         return state
+
+    def _settings(self) -> dict[str, Any]:
+        return settings_record(self.cfg, self.task.name, self.task.settings())
+
+    def _on_main(self, action: Callable[[], Any]) -> Any:
+        """``action()`` on rank 0; if it raises there, every rank raises (none is left waiting at a barrier)."""
+        error, result = None, None
+        if self.ctx.is_main:
+            try:
+                result = action()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = exc
+        failed = self.ctx.all_reduce_sum(torch.tensor([float(error is not None)], device=self.ctx.device))
+        if error is not None:
+            raise error
+        if float(failed[0]) > 0:
+            raise ConfigError(f"rank 0 could not prepare the run folder {self.out} (see its error)")
+        return result
 
     # ----------------------------------------------------------------------------------------------- steps
     def _micro_batches(self, step: int) -> tuple[list[torch.Tensor], int]:
@@ -179,7 +216,7 @@ class _Run:
         return norm, ok
 
     def _save(self, step: int, state: dict[str, Any], *, final: bool = False) -> Path:
-        meta = {**state, "step": step, "final": final, "total_steps": self.total, "config": self.cfg.to_dict()}
+        meta = {**state, "step": step, "final": final, "total_steps": self.total, **self._settings()}
         return save_checkpoint(self.ckpt_root, step, model=self.plain, optimizer=self.optimizer,
                                strategy=self.cfg.strategy, ctx=self.ctx, meta=meta, keep_last=self.cfg.keep_last)
 
@@ -214,22 +251,31 @@ class _Run:
         return result
 
     # ----------------------------------------------------------------------------------------------- main
-    def run(self, *, resume: bool | str | Path, progress: bool) -> dict[str, Any]:
+    def run(self, *, resume: bool | str | Path, progress: bool, allow_change: tuple[str, ...]) -> dict[str, Any]:
         ctx = self.ctx
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"{self.out} is a file: the run folder (--out) must be a folder")
         self._build()
-        if ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        ctx.barrier()
-        self.records = RunRecords(self.out) if ctx.is_main else None
-        self.stop = StopRequest(ctx.world_size)
+        lock = self._on_main(self._open_folder)
+        self.records = None
         try:
+            if ctx.is_main:
+                with reported_os_errors("write", self.out):
+                    self.records = RunRecords(self.out)
+            self.stop = StopRequest(ctx.world_size)
             with self.stop:
-                return self._train(self._start(resume), progress)
+                return self._train(self._start(resume, allow_change), progress)
         finally:
             if self.records is not None:
                 self.records.close()
+            if lock is not None:
+                lock.release()
+
+    def _open_folder(self) -> FolderLock:
+        """Create the run folder and lock it for this run (rank 0); a second run into it is refused."""
+        with reported_os_errors("create the run folder", self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
+        return FolderLock(self.out).acquire()
 
     def _train(self, state: dict[str, Any], progress: bool) -> dict[str, Any]:
         cfg, ctx, spe = self.cfg, self.ctx, self.order.steps_per_epoch
@@ -259,6 +305,13 @@ class _Run:
                         "enable --on-nonfinite skip")
                 state["skipped"] += 1
                 self.log(f"skipped {where}: non-finite loss {loss} / gradient norm {norm}")
+                if state["skipped"] > cfg.max_skip_fraction * self.total:
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"{state['skipped']} of the first {step + 1} steps had a non-finite loss or gradient norm and "
+                        f"were skipped, more than max_skip_fraction={cfg.max_skip_fraction:g} of the run's "
+                        f"{self.total} steps: stopped, not a trained model; last good checkpoint: "
+                        f"{latest_checkpoint(self.ckpt_root) or 'none written yet'}. Lower the learning rate")
             step += 1
             state["step"], state["examples"] = step, state["examples"] + n
             ex_log += n
@@ -275,8 +328,8 @@ class _Run:
                        "examples_per_s": ex_log / max(now - t_log, 1e-9), "elapsed_s": now - start,
                        "skipped": state["skipped"], **{k: v / len(window) for k, v in window_metrics.items()}}
                 self.records.log_train(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                ex_s=f"{row['examples_per_s']:.0f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", ex_s=f"{row['examples_per_s']:.0f}",
+                                **({"skipped": state["skipped"]} if state["skipped"] else {}))
                 window, window_metrics, t_log, ex_log = [], {}, now, 0
                 state["train_loss"] = row["loss"]
             state["train_seconds"] = time.perf_counter() - start
@@ -293,30 +346,57 @@ class _Run:
         return self._finish(state)
 
     def _finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Final checkpoint, evaluation, model and metrics. Ctrl-C here stops at once in one process (a flag between
+        the stages under torchrun): nothing is half-written (atomic writes) and the run reports itself interrupted;
+        ``--resume`` then finishes it from the final checkpoint."""
+        self.stop.immediate = True
+        try:
+            path = self._save(self.total, state, final=True)
+            if self._stop_requested():
+                return self._interrupted_at_end()
+            result = self._final_outputs(state, path)
+        except KeyboardInterrupt:
+            return self._interrupted_at_end()
+        self.ctx.barrier()
+        return result
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([float(self.stop.requested)], dtype=torch.float64, device=self.ctx.device)
+        return float(self.ctx.all_reduce_sum(flag)[0]) > 0
+
+    def _interrupted_at_end(self) -> dict[str, Any]:
+        last = latest_checkpoint(self.ckpt_root)
+        self.log(f"interrupted during the final evaluation and save: no model written; {last or 'no checkpoint'} "
+                 "is kept; finish with --resume")
+        return {"interrupted": True, "step": self.total, "checkpoint": str(last) if last else None}
+
+    def _final_outputs(self, state: dict[str, Any], path: Path) -> dict[str, Any]:
         cfg, ctx = self.cfg, self.ctx
-        path = self._save(self.total, state, final=True)
         model = self._plain_copy()
-        result: dict[str, Any] = {}
-        if model is not None:
-            model.eval()
-            with isolated_rng(ctx.device):
-                evaluation = dict(self.task.evaluate(model))
-            self.records.log_eval({"step": self.total, **evaluation})
+        if model is None:
+            return {}
+        model.eval()
+        with isolated_rng(ctx.device):
+            evaluation = dict(self.task.evaluate(model))
+        self.records.log_eval({"step": self.total, **evaluation})
+        with reported_os_errors("write", self.out / "model"):
             model.to("cpu").save_pretrained(self.out / "model")  # type: ignore[operator]
-            result = {"task": self.task.name, "num_parameters": self.num_parameters, "steps": self.total,
-                      "epochs": self.total / self.order.steps_per_epoch, "train_loss": state.get("train_loss"),
-                      "train_seconds": state["train_seconds"], "skipped_steps": state["skipped"],
-                      "examples_per_s": state["examples"] / max(state["train_seconds"], 1e-9),
-                      "world_size": ctx.world_size, **evaluation,
-                      **self.task.describe(), "engine": cfg.to_dict(),
-                      "checkpoint": str(path)}
+        result = {"task": self.task.name, "num_parameters": self.num_parameters, "steps": self.total,
+                  "epochs": self.total / self.order.steps_per_epoch, "train_loss": state.get("train_loss"),
+                  "train_seconds": state["train_seconds"], "skipped_steps": state["skipped"],
+                  "examples_per_s": state["examples"] / max(state["train_seconds"], 1e-9),
+                  "world_size": ctx.world_size, **evaluation,
+                  **self.task.describe(), "engine": cfg.to_dict(),
+                  "checkpoint": str(path)}
+        with reported_os_errors("write", self.out / "metrics.json"):
             write_json(self.out / "metrics.json", result)
-            with isolated_rng(ctx.device):
-                self.task.on_end(model, self.out)
-            model.to(ctx.device)
-            summary = self.task.summary(result)
-            if summary:
-                self.log(summary)
-            self.log(f"saved model to {self.out / 'model'} and metrics to {self.out / 'metrics.json'}")
-        ctx.barrier()
+        with isolated_rng(ctx.device), reported_os_errors("write", self.out):
+            self.task.on_end(model, self.out)
+        model.to(ctx.device)
+        summary = self.task.summary(result)
+        if summary:
+            self.log(summary)
+        if state["skipped"]:
+            self.log(f"skipped {state['skipped']} of {self.total} steps (non-finite loss or gradient norm)")
+        self.log(f"saved model to {self.out / 'model'} and metrics to {self.out / 'metrics.json'}")
         return result

@@ -78,7 +78,8 @@ def apply_overrides(recipe: Recipe, pairs: list[tuple[str, str]]) -> Recipe:
     """A new recipe with ``pairs`` of (key, text) applied; unknown keys raise ``ConfigError`` listing the valid ones.
     Keys may be spelled with ``-`` or ``_``, or as one of the task's ``aliases``.
 
-    Setting ``epochs`` without ``steps`` clears ``steps`` (steps win over epochs otherwise).
+    A run's length is ``steps`` or ``epochs``: setting one clears the recipe's other; setting both (to values other
+    than ``none``) is a ``ConfigError``.
     """
     aliases = recipe.task.aliases
     keys = override_keys(recipe)
@@ -96,7 +97,11 @@ def apply_overrides(recipe: Recipe, pairs: list[tuple[str, str]]) -> Recipe:
         else:
             name = key.removeprefix("engine.")
             engine_changes[name] = parse_value(text, _hints(recipe.engine)[name], name)
-    if "epochs" in engine_changes and "steps" not in engine_changes:
-        engine_changes["steps"] = None
+    if engine_changes.get("steps") is not None and engine_changes.get("epochs") is not None:
+        raise ConfigError(f"steps={engine_changes['steps']} and epochs={engine_changes['epochs']} are both given: "
+                          "pass one of them (--steps counts optimiser steps, --epochs passes over the training data)")
+    for key, other in (("epochs", "steps"), ("steps", "epochs")):
+        if engine_changes.get(key) is not None and other not in engine_changes:
+            engine_changes[other] = None
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, **task_changes),
                                engine=dataclasses.replace(recipe.engine, **engine_changes))

@@ -2,7 +2,8 @@
 
 ``RUN/metrics.csv`` has one row per logged training step (``step, epoch, loss, lr, grad_norm, examples_per_s,
 elapsed_s, skipped`` + the task's own training metrics); ``RUN/eval.csv`` one row per evaluation. The columns
-of a file are fixed by its first row; on resume, rows after the resumed step are dropped.
+of a file are fixed by its first row; on resume, rows after the resumed step are dropped. An ``OSError`` while
+writing them (disk full, read-only folder) is a one-line :class:`~perceivers.core.files.FileSystemError`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import csv
 import os
 from pathlib import Path
 from typing import Any
+
+from perceivers.core.files import reported_os_errors
 
 
 class CsvLog:
@@ -26,6 +29,10 @@ class CsvLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop rows whose ``step`` is beyond ``step`` (they were logged after the checkpoint we resume from)."""
+        with reported_os_errors("rewrite", self.path):
+            self._truncate_after(step)
+
+    def _truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
         with open(self.path, newline="", encoding="utf-8") as fh:
@@ -46,7 +53,7 @@ class CsvLog:
         unknown = set(row) - set(self.columns)  # type: ignore[arg-type]
         if unknown:
             raise ValueError(f"{self.path}: metrics {sorted(unknown)} were not in the first row {self.columns}")
-        with open(self.path, "a", newline="", encoding="utf-8") as fh:
+        with reported_os_errors("write", self.path), open(self.path, "a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.columns)  # type: ignore[arg-type]
             if new:
                 writer.writeheader()
@@ -75,7 +82,8 @@ class RunRecords:
     def reset(self) -> None:
         for log in (self.train, self.eval):
             if log.path.is_file():
-                log.path.unlink()
+                with reported_os_errors("remove", log.path):
+                    log.path.unlink()
             log.columns = None
 
     def truncate_after(self, step: int) -> None:

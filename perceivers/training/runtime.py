@@ -78,14 +78,16 @@ def isolated_rng(device: torch.device) -> Iterator[None]:
 
 class StopRequest:
     """SIGINT/SIGTERM set a flag: the loop finishes its step, saves a checkpoint and exits. In one process a second
-    Ctrl-C interrupts at once; under torchrun repeated signals are ignored (the launcher forwards them)."""
+    Ctrl-C interrupts at once, and so does the first once ``immediate`` is set (the final evaluation and save);
+    under torchrun repeated signals are ignored (the launcher forwards them)."""
 
     def __init__(self, world_size: int) -> None:
-        self.requested, self.world_size = False, world_size
+        self.requested, self.world_size, self.immediate = False, world_size, False
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and self.world_size == 1 and signum == signal.SIGINT:
+        if (self.requested or self.immediate) and self.world_size == 1 and signum == signal.SIGINT:
+            self.requested = True
             raise KeyboardInterrupt
         self.requested = True
 

@@ -1,8 +1,9 @@
 """A tiny synthetic classification task for the engine tests (a few thousand parameters, a few ms per step), and
 the helpers those tests share (quiet runs, saved weights compared exactly).
 
-Test hooks: ``kill_at`` / ``interrupt_at`` send SIGKILL / SIGINT to this process at that training-loss call,
-``nan_at`` makes that call's loss NaN. Calls are counted per process (one per micro-batch).
+Test hooks: ``kill_at`` / ``interrupt_at`` / ``freeze_at`` send SIGKILL / SIGINT / SIGSTOP to this process at that
+training-loss call, ``nan_at`` makes that call's loss NaN (``nan_from``: that call and every later one). Calls are
+counted per process (one per micro-batch). The hooks are not settings: a resumed run may drop them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ class TinyTask(Task):
     kill_at: int | None = None
     interrupt_at: int | None = None
     nan_at: int | None = None
+    nan_from: int | None = None
+    freeze_at: int | None = None
     calls: int = field(default=0, init=False)
+
+    HOOKS: ClassVar[tuple[str, ...]] = ("kill_at", "interrupt_at", "nan_at", "nan_from", "freeze_at")
+
+    def settings(self) -> dict:
+        return {k: v for k, v in super().settings().items() if k not in self.HOOKS}
 
     def build_model(self) -> nn.Module:
         enc = EncoderConfig(num_latents=4, num_latent_channels=16, num_blocks=1, num_self_attends_per_block=2,
@@ -72,12 +80,14 @@ class TinyTask(Task):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.calls == self.interrupt_at:
             os.kill(os.getpid(), signal.SIGINT)
+        if self.calls == self.freeze_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
         x, y = batch
         if self.noise:
             x = x + self.noise * torch.randn_like(x)
         logits = model(x)
         loss = classification_loss(logits, y, self.label_smoothing)
-        if self.calls == self.nan_at:
+        if self.calls == self.nan_at or (self.nan_from is not None and self.calls >= self.nan_from):
             loss = loss * float("nan")
         return loss, {"accuracy": float((logits.argmax(-1) == y).float().mean())}
 

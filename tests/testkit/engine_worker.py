@@ -1,7 +1,10 @@
 """Run :class:`TinyTask` on the engine from the command line (for torchrun and kill tests).
 
-``python tests/testkit/engine_worker.py OUT [key=value ...]``: ``kill_at`` / ``interrupt_at`` / ``nan_at`` / ``noise`` /
-``dropout`` go to the task, everything else to :class:`EngineConfig`; ``resume=1`` resumes; ``kill_in_save=N``
+``python tests/testkit/engine_worker.py OUT [key=value ...]``: ``kill_at`` / ``interrupt_at`` / ``freeze_at`` /
+``nan_at`` / ``noise`` / ``dropout`` go to the task, everything else to :class:`EngineConfig`; ``resume=1`` resumes;
+``hooks_rank=R`` applies the ``*_at`` hooks on rank ``R`` only; a :class:`~perceivers.core.errors.UserError` is one
+line on stderr and exit status 2, as on the command line;
+``kill_in_save=N``
 SIGKILLs the process in the middle of its N-th checkpoint save; ``strategies=ddp,fsdp:lamb`` runs one after the
 other in one process group, into ``OUT/ddp`` and ``OUT/fsdp-lamb`` (``strategy:optimizer``).
 """
@@ -20,12 +23,13 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for testkit
 
-from perceivers.training.config import EngineConfig  # noqa: E402
-from perceivers.training.loop import run_task  # noqa: E402
-from perceivers.training.overrides import parse_value  # noqa: E402
-from testkit.engine import TinyTask  # noqa: E402
+from perceivers.core.errors import UserError
+from perceivers.training.config import EngineConfig
+from perceivers.training.loop import run_task
+from perceivers.training.overrides import parse_value
+from testkit.engine import TinyTask
 
-TASK_KEYS = {"kill_at": int, "interrupt_at": int, "nan_at": int, "noise": float, "dropout": float}
+TASK_KEYS = {"kill_at": int, "interrupt_at": int, "freeze_at": int, "nan_at": int, "noise": float, "dropout": float}
 
 
 def kill_during_save(n: int) -> None:
@@ -60,11 +64,17 @@ def main(argv: list[str]) -> int:
     if "kill_in_save" in pairs:
         kill_during_save(int(pairs.pop("kill_in_save")))
     task_args = {k: TASK_KEYS[k](pairs.pop(k)) for k in list(pairs) if k in TASK_KEYS}
+    if pairs.pop("hooks_rank", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        task_args = {k: v for k, v in task_args.items() if not k.endswith("_at")}  # the hooks act on that rank only
     strategies = pairs.pop("strategies", "").split(",") if "strategies" in pairs else []
     hints = typing.get_type_hints(EngineConfig)
     cfg = EngineConfig(**{k: parse_value(v, hints[k], k) for k, v in pairs.items()})
     if not strategies:
-        result = run_task(TinyTask(**task_args), cfg, out, resume=resume, progress=False, log=lambda *a: None)
+        try:
+            result = run_task(TinyTask(**task_args), cfg, out, resume=resume, progress=False, log=lambda *a: None)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 130 if result.get("interrupted") else 0
     dist.init_process_group("gloo")
     for spec in strategies:  # "fsdp" or "fsdp:lamb" (strategy:optimizer), "resume:ddp" (see resume_check)

@@ -41,8 +41,9 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 def test_engine_config_validation(bad):
     with pytest.raises((ValueError, TypeError), match=next(iter(bad))):  # a wrong value, or a wrong type
         EngineConfig(**bad)
-    with pytest.raises(ValueError, match="set one of them"):
-        EngineConfig(steps=None, epochs=None)
+    with pytest.raises(ValueError, match="steps=3 and epochs=2 are both set: set one of them"):
+        EngineConfig(steps=3, epochs=2)
+    assert EngineConfig().num_steps(7) == 7 and EngineConfig(steps=3).num_steps(7) == 3  # neither: one epoch
 
 
 def test_lamb_matches_the_formula():
@@ -67,7 +68,7 @@ def test_lamb_matches_the_formula():
 
 
 def test_schedules():
-    f = lambda step, s, w=0: lr_factor(step, schedule=s, total_steps=100, warmup_steps=w)  # noqa: E731
+    f = lambda step, s, w=0: lr_factor(step, schedule=s, total_steps=100, warmup_steps=w)
     assert f(0, "cosine", 10) == pytest.approx(0.1) and f(9, "cosine", 10) == pytest.approx(1.0)
     assert f(55, "cosine", 10) == pytest.approx(0.5) and f(100, "cosine", 10) == pytest.approx(0.0)
     assert f(50, "linear") == pytest.approx(0.5) and f(99, "constant") == 1.0 and f(3, "constant", 10) == 0.4
