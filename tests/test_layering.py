@@ -20,7 +20,7 @@ LEVELS = {
     "layers": 1, "tokenizers": 1,
     "preprocessors": 2, "decoders": 2, "encoders": 2, "data": 2,
     "models": 3,
-    "generation": 4, "converters": 4, "training": 4,
+    "generation": 4, "converters": 4, "training": 4, "bench": 4,
     "cli": 5, "__init__": 5, "__main__": 5,
 }
 

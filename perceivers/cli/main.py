@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from perceivers import __version__
 from perceivers.core.errors import ConfigError, UserError
 from perceivers.cli.common import load_model, set_threads, user_input
+from perceivers.cli.bench import add_bench, cmd_bench
 from perceivers.cli.convert import add_convert, cmd_convert
 from perceivers.core.validation import check_int
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert(sub)
     _add_generate(sub)
     _add_fill_mask(sub)
+    add_bench(sub)
     return parser
 
 
@@ -273,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": functools.partial(cmd_train, extra=extra), "plot": cmd_plot, "eval": cmd_eval,
                 "models": cmd_models, "generate": cmd_generate,
-                "convert": cmd_convert, "fill-mask": cmd_fill_mask}
+                "convert": cmd_convert, "fill-mask": cmd_fill_mask, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UserError as exc:  # anything else is a bug and keeps its traceback (see the module docstring)

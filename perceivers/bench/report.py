@@ -1,0 +1,136 @@
+"""The bench's outputs: a markdown table (:func:`format_table`), ``bench.json``, ``bench.md`` and ``bench.png``.
+
+Per M and mode, each implementation's median time, its ratio to ours (their time / our time: > 1 means we
+are faster), achieved GFLOP/s of its analytic matmul FLOPs (:func:`~perceivers.bench.spec.matmul_flops`) as a
+percentage of the measured matmul peak of the run's precision, its peak RSS and the ratio of that to ours
+(theirs / ours: > 1 means we use less).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from perceivers.core.files import atomic_write, write_json
+
+
+def _by_key(cases: list[dict[str, Any]]) -> dict[tuple[int, str, str], dict[str, Any]]:
+    return {(c["m"], c["mode"], c["impl"]): c for c in cases}
+
+
+def _ok(case: dict[str, Any] | None) -> bool:
+    return case is not None and "median_s" in case
+
+
+def ratio(theirs: float | None, ours: float | None) -> float | None:
+    """``theirs / ours``, or None when either is missing or ours is not positive."""
+    if theirs is None or ours is None or ours <= 0:
+        return None
+    return theirs / ours
+
+
+def percent_of_peak(flops: int, seconds: float, peak_gflops: float) -> float:
+    """Achieved ``flops / seconds`` as a percentage of ``peak_gflops`` (GFLOP/s)."""
+    return 100.0 * flops / seconds / 1e9 / peak_gflops
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row of cells per case, in the order of ``results['cases']``."""
+    precision = results["settings"]["precision"]
+    peak = results["peaks"][precision]
+    cases = results["cases"]
+    index = _by_key(cases)
+    rows = []
+    for case in cases:
+        ours = index.get((case["m"], case["mode"], "ours"))
+        head = [f"{case['m']:,}", case["mode"], case["impl"]]
+        if "unavailable" in case or "error" in case:
+            reason = case.get("unavailable") or f"failed: {case['error']}"
+            rows.append(head + [reason.replace("|", "/")] + ["—"] * 6)
+            continue
+        params = f"{case['params']:,}"
+        if _ok(ours) and case["params"] != ours["params"]:
+            params += f" ({case['params'] - ours['params']:+,})"
+        time_ratio = ratio(case["median_s"], ours["median_s"]) if _ok(ours) else None
+        rss_ratio = ratio(case["peak_rss_mib"], ours["peak_rss_mib"]) if _ok(ours) else None
+        gflops = case["flops"] / case["median_s"] / 1e9
+        rows.append(head + [params, f"{case['median_s']:.3f}", _fmt(time_ratio, ".2f", "x"), f"{gflops:.0f}",
+                            f"{percent_of_peak(case['flops'], case['median_s'], peak):.0f} %",
+                            f"{case['peak_rss_mib']:,.0f}", _fmt(rss_ratio, ".2f", "x")])
+    return rows
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The markdown report: machine and peaks, then the table."""
+    precision = results["settings"]["precision"]
+    peaks, machine, settings = results["peaks"], results["machine"], results["settings"]
+    lines = [(f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+              f"device {machine['device']}; {results.get('date', '')}."),
+             f"Matmul peak ({peaks['n']}^3, best at the start or the end): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
+             + ("." if peaks["fast_bf16"] else " (no fast bf16 on this CPU: bf16 peak < 1.5x fp32)."),
+             (f"Precision {precision}; batch {settings['batch_train']} train / {settings['batch_infer']} inference; "
+              f"median of {settings['repeats']} after {settings['warmup']} warm-up"
+              + (f", fastest of {settings['rounds']} rounds" if settings.get("rounds", 1) > 1 else "")
+              + "; each case in its own process."),
+             "Ratio = their time / ours (> 1: we are faster); mem ratio = their peak RSS / ours (> 1: we use less).",
+             "",
+             (f"| M | mode | impl | params | time (s) | ratio | GFLOP/s | % {precision} peak | peak RSS (MiB) "
+              "| mem ratio |"),
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Time and peak RSS against M, one line per implementation and mode, log-log; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FormatStrFormatter
+    except ImportError:
+        return False
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for case in results["cases"]:
+        if _ok(case):
+            series.setdefault((case["impl"], case["mode"]), []).append(case)
+    colors = {impl: f"C{i}" for i, impl in enumerate(dict.fromkeys(c["impl"] for c in results["cases"]))}
+    for (impl, mode), points in sorted(series.items()):
+        points.sort(key=lambda c: c["m"])
+        ms = [c["m"] for c in points]
+        style = {"color": colors[impl], "linestyle": "-" if mode == "train" else "--", "marker": "o",
+                 "label": f"{impl} {mode}"}
+        ax_t.plot(ms, [c["median_s"] for c in points], **style)
+        ax_m.plot(ms, [c["peak_rss_mib"] for c in points], **style)
+    for ax, label in ((ax_t, "median step time (s)"), (ax_m, "peak RSS (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("M (inputs)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax_t.legend(fontsize=7)
+    fig.suptitle(f"perceivers bench ({results['settings']['precision']})")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path | None]:
+    """``out/bench.json``, ``out/bench.md`` and ``out/bench.png`` (None when matplotlib is missing), each written
+    atomically; the folder is created."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "bench.json", results)
+    text = format_table(results)
+    atomic_write(folder / "bench.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    png = folder / "bench.png"
+    return {"json": folder / "bench.json", "markdown": folder / "bench.md", "png": png if plot(results, png) else None}

@@ -1,0 +1,59 @@
+"""The bench table on fixed numbers: ratios to ours, % of the matmul peak, failed and missing peers."""
+
+from __future__ import annotations
+
+import json
+
+from perceivers.bench.report import (
+    format_table,
+    percent_of_peak,
+    ratio,
+    table_rows,
+    write_outputs,
+)
+
+
+def _case(impl, seconds, rss, params=1000, mode="train", m=1024, flops=50_000_000_000):
+    return {"impl": impl, "mode": mode, "m": m, "params": params, "median_s": seconds, "peak_rss_mib": rss,
+            "flops": flops}
+
+
+def results(cases):
+    return {"settings": {"precision": "fp32", "batch_train": 8, "batch_infer": 32, "repeats": 3, "warmup": 1},
+            "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "device": "cpu"},
+            "peaks": {"n": 2048, "fp32": 200.0, "bf16": 250.0, "fast_bf16": False}, "cases": cases,
+            "date": "2026-01-01 00:00 UTC"}
+
+
+CASES = [_case("ours", 0.5, 1000.0), _case("transformers", 1.0, 2500.0), _case("lucidrains", 0.25, 500.0, 1500),
+         {"impl": "krasserm", "mode": "train", "m": 1024, "unavailable": "not installed"},
+         _case("ours", 2.0, 800.0, mode="infer"), {"impl": "transformers", "mode": "infer", "m": 1024,
+                                                   "error": "exit status -9: Killed"}]
+
+
+def test_ratio_and_percent_of_peak():
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(1.0, None) is None and ratio(1.0, 0.0) is None
+    assert percent_of_peak(100_000_000_000, 0.5, 400.0) == 50.0
+
+
+def test_rows_give_ratios_to_ours_and_percent_of_peak():
+    rows = table_rows(results(CASES))
+    assert rows[0] == ["1,024", "train", "ours", "1,000", "0.500", "1.00x", "100", "50 %", "1,000", "1.00x"]
+    assert rows[1] == ["1,024", "train", "transformers", "1,000", "1.000", "2.00x", "50", "25 %", "2,500", "2.50x"]
+    assert rows[2][3] == "1,500 (+500)"  # a different parameter count is shown with its difference
+    assert rows[2][5:] == ["0.50x", "200", "100 %", "500", "0.50x"]
+    assert rows[3][3] == "not installed" and rows[3][4:] == ["—"] * 6
+    assert rows[5][3] == "failed: exit status -9: Killed"
+
+
+def test_table_says_when_bf16_is_not_fast(tmp_path):
+    text = format_table(results(CASES))
+    assert "no fast bf16 on this CPU" in text
+    assert "| M | mode | impl |" in text and text.count("\n| 1,024 |") == 6
+    fast = results(CASES)
+    fast["peaks"]["fast_bf16"] = True
+    assert "no fast bf16" not in format_table(fast)
+    written = write_outputs(results(CASES), tmp_path / "out")
+    assert json.loads(written["json"].read_text())["cases"][0]["impl"] == "ours"
+    assert written["markdown"].read_text() == text

@@ -1,0 +1,46 @@
+"""The bench runner's settings, case order and choice among rounds (no process is started here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from perceivers.bench.runner import (
+    QUICK_MS,
+    BenchSettings,
+    best_round,
+    cases,
+    higher_peaks,
+    worker_argv,
+)
+from perceivers.core.errors import ConfigError
+
+
+def test_quick_settings_and_case_order():
+    quick = BenchSettings.quick(impls=("ours", "krasserm"), modes=("infer",))
+    assert (quick.ms, quick.repeats, quick.peak_n) == (QUICK_MS, 2, 1024)
+    assert cases(quick) == [{"m": 1024, "mode": "infer", "impl": "ours"}, {"m": 1024, "mode": "infer", "impl": "krasserm"},
+                            {"m": 4096, "mode": "infer", "impl": "ours"}, {"m": 4096, "mode": "infer", "impl": "krasserm"}]
+    argv = worker_argv(quick, cases(quick)[0])
+    assert argv[argv.index("--batch") + 1] == "32" and argv[argv.index("--threads") + 1] == "0"
+
+
+def test_each_case_keeps_its_fastest_round():
+    tries = [{"median_s": 2.0, "round": 0}, {"error": "killed"}, {"median_s": 1.5, "round": 2}]
+    best = best_round(tries)
+    assert best["round"] == 2 and best["round_medians_s"] == [2.0, 1.5]
+    assert best_round([{"error": "a"}, {"error": "b"}]) == {"error": "a"}
+    assert best_round([{"median_s": 3.0}]) == {"median_s": 3.0}
+
+
+@pytest.mark.parametrize("field, value", [("impls", ()), ("impls", ("nope",)), ("ms", (0,)), ("rounds", 0),
+                                          ("precision", "fp16"), ("warmup", -1)])
+def test_bad_settings_are_config_errors(field, value):
+    with pytest.raises(ConfigError):
+        BenchSettings(**{field: value})
+
+
+def test_peaks_are_the_higher_of_start_and_end():
+    peaks = higher_peaks({"n": 64, "fp32": 100.0, "bf16": 120.0}, {"n": 64, "fp32": 80.0, "bf16": 200.0})
+    assert (peaks["fp32"], peaks["bf16"], peaks["fast_bf16"]) == (100.0, 200.0, True)
+    assert peaks["start"] == {"fp32": 100.0, "bf16": 120.0} and peaks["end"]["fp32"] == 80.0
+    assert not higher_peaks({"n": 64, "fp32": 100.0, "bf16": 149.0}, {"n": 64, "fp32": 1.0, "bf16": 1.0})["fast_bf16"]

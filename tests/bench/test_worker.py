@@ -1,0 +1,31 @@
+"""One worker process per case, at the tiny size: ours and transformers return sane JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from perceivers.bench.runner import BenchSettings, run_worker, worker_argv
+from perceivers.bench.spec import BenchSpec, matmul_flops
+
+TINY = BenchSettings(ms=(12,), size="tiny", repeats=1, warmup=0, batch_train=2, batch_infer=3, threads=1)
+
+
+@pytest.mark.parametrize("impl, mode", [("ours", "train"), ("transformers", "infer")])
+def test_worker_returns_sane_json(impl, mode):
+    if impl == "transformers":
+        pytest.importorskip("transformers")
+    result = run_worker(worker_argv(TINY, {"impl": impl, "mode": mode, "m": 12}), timeout_s=120)
+    assert "error" not in result and "unavailable" not in result, result
+    batch = 2 if mode == "train" else 3
+    assert (result["impl"], result["mode"], result["m"], result["batch"]) == (impl, mode, 12, batch)
+    assert result["params"] == 7173
+    assert result["flops"] == matmul_flops(BenchSpec.tiny(), 12, batch, training=mode == "train")
+    assert len(result["times_s"]) == 1 and result["median_s"] == result["times_s"][0] > 0
+    assert result["peak_rss_mib"] >= result["base_rss_mib"] > 0
+    assert result["threads"] == 1
+
+
+def test_a_crashing_worker_is_one_error_line():
+    result = run_worker(worker_argv(TINY, {"impl": "ours", "mode": "train", "m": 12})[:3] + ["--impl", "nope"],
+                        timeout_s=60)
+    assert result["error"].startswith("exit status 2: ") and "invalid choice: 'nope'" in result["error"]
