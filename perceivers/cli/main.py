@@ -26,11 +26,14 @@ import sys
 from collections.abc import Sequence
 
 from perceivers import __version__
-from perceivers.core.errors import ConfigError, UserError
-from perceivers.cli.common import load_model, set_threads, user_input
 from perceivers.cli.bench import add_bench, cmd_bench
+from perceivers.cli.common import load_model, set_threads, user_input
 from perceivers.cli.convert import add_convert, cmd_convert
-from perceivers.core.validation import check_int
+from perceivers.core.errors import ConfigError, UserError
+from perceivers.core.validation import check_int, fail
+
+#: The most tokens ``generate`` streams in one run (its output is allocated up front).
+MAX_NEW_TOKENS = 1 << 20
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -99,11 +102,19 @@ def _add_fill_mask(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="re-evaluate a saved model on a recipe's test split",
-                       description="Load a model folder written by `perceivers train` and report test accuracy.")
-    p.add_argument("recipe", choices=["digits"], help="which recipe's test split to use")
+    from perceivers.training.recipes import RECIPES
+
+    p = sub.add_parser("eval", help="re-evaluate a saved model with a recipe's own held-out evaluation",
+                       description="Load a model folder written by `perceivers train RECIPE` (RUN/model) and run the "
+                                   "recipe's held-out evaluation, the one the training run ends with: print the "
+                                   "metrics of its metrics.json, one `name: value` line each. The model's own "
+                                   "sizes (context, latents, image size) are used; the task's other settings can "
+                                   "be set as in `perceivers train` (--KEY VALUE or --set KEY=VALUE).",
+                       allow_abbrev=False)
+    p.add_argument("recipe", choices=sorted(RECIPES), help="which recipe's evaluation to run")
     p.add_argument("--checkpoint", required=True, help="model folder (config.json + model.safetensors)")
     p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a task setting")
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -198,6 +209,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     check_int("--max-new-tokens", args.max_new_tokens, minimum=0)
+    if args.max_new_tokens > MAX_NEW_TOKENS:
+        fail("--max-new-tokens", args.max_new_tokens, f"at most {MAX_NEW_TOKENS:,} (one run streams at most "
+                                                      "2**20 tokens)")
     check_sampling_args(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # before loading
     model = load_model(args.checkpoint, args.device)
     tokenizer = ARBytesTokenizer()
@@ -239,20 +253,23 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from perceivers.data.digits import load_digits_split
-    from perceivers.training.losses import evaluate_classifier
-    from perceivers.training.tasks import DIGITS_MODEL, is_digits_classifier
+def cmd_eval(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    """The recipe's task, fitted to the loaded model (:meth:`Task.for_model`), runs its ``evaluate``."""
+    from perceivers.training.overrides import apply_overrides, bool_keys
+    from perceivers.training.recipes import RECIPES
 
+    recipe = RECIPES[args.recipe]()
+    with user_input():
+        changed = apply_overrides(recipe, _override_pairs(args, extra or [], bool_keys(recipe)))
+    if changed.engine != recipe.engine:
+        raise ConfigError("eval takes the task's settings only (--KEY VALUE of `perceivers train "
+                          f"{args.recipe} --print-config` outside its engine)")
     model = load_model(args.checkpoint, args.device)
-    if not is_digits_classifier(model.config):
-        raise ConfigError(f"--checkpoint {args.checkpoint} holds a {type(model).__name__} that does not classify "
-                          f"the digits: expected a {DIGITS_MODEL} (e.g. from `perceivers train digits`)")
-    data = load_digits_split()
-    result = evaluate_classifier(model, data.test_images, data.test_labels, device=args.device)
-    n = result["num_examples"]
-    print(f"test accuracy: {result['accuracy']:.4f} ({round(result['accuracy'] * n)}/{n}), "
-          f"test loss {result['loss']:.4f}")
+    with user_input(f"--checkpoint {args.checkpoint}"):
+        task = changed.task.for_model(model)
+    metrics = task.evaluate(model)  # what the training run's final evaluation wrote to metrics.json
+    for key, value in metrics.items():
+        print(f"{key}: {value}")
     return 0
 
 
@@ -260,6 +277,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from perceivers.models import create_model, get_entry, list_models
 
     names = list_models(args.filter)
+    if not names:
+        raise ConfigError(f"filter {args.filter!r} matches no registered model: {_close_names(args.filter)}")
     width = max((len(n) for n in names), default=4)
     print(f"{'name':<{width}}  {'parameters':>13}  description")
     for name in names:
@@ -268,22 +287,43 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _close_names(text: str) -> str:
+    """Registered names close to ``text``, or else the families to filter by."""
+    import difflib
+
+    from perceivers.models import list_models
+
+    names = list_models()
+    close = difflib.get_close_matches(text, names, n=5, cutoff=0.5)
+    if close:
+        return f"did you mean {', '.join(close)}?"
+    families = sorted({"hip" if n.startswith("hip") else "-".join(n.split("-")[:2]) for n in names})
+    return f"filter by a family ({', '.join(families)}) or give no filter to list all {len(names)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; Ctrl-C at any point after the package is imported (parsing, imports, loading a model, a
+    command) prints ``interrupted`` and returns 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    if extra and args.command not in ("train", "eval"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": functools.partial(cmd_train, extra=extra), "plot": cmd_plot, "eval": cmd_eval,
-                "models": cmd_models, "generate": cmd_generate,
+    handlers = {"train": functools.partial(cmd_train, extra=extra), "plot": cmd_plot,
+                "eval": functools.partial(cmd_eval, extra=extra), "models": cmd_models, "generate": cmd_generate,
                 "convert": cmd_convert, "fill-mask": cmd_fill_mask, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UserError as exc:  # anything else is a bug and keeps its traceback (see the module docstring)
         print(f"perceivers {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

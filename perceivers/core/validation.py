@@ -84,6 +84,30 @@ def check_divisible(what: str, value: int, by_name: str, by: int) -> None:
         raise ConfigError(f"{what}={value} must be divisible by {by_name}={by}")
 
 
+def check_finite(name: str, array: Any) -> None:
+    """``ConfigError`` naming the first NaN or infinite element of ``array`` (a torch tensor or a numpy array of any
+    shape), e.g. ``images[12, 0, 3, 5] is nan: expected finite values``; integer arrays always pass."""
+    if hasattr(array, "isfinite"):  # a torch tensor (core does not import torch)
+        bad = (~array.isfinite()).nonzero()
+        if bad.shape[0] == 0:
+            return
+        index = tuple(int(i) for i in bad[0])
+        value = float(array[index] if index else array)
+    else:
+        import numpy as np
+
+        array = np.asarray(array)
+        if not np.issubdtype(array.dtype, np.number):
+            return
+        bad = np.argwhere(~np.isfinite(array))
+        if len(bad) == 0:
+            return
+        index = tuple(int(i) for i in bad[0])
+        value = float(array[index])
+    where = f"{name}[{', '.join(map(str, index))}]" if index else name
+    raise ConfigError(f"{where} is {value}: expected finite values (no NaN or infinity)")
+
+
 def normalize_int_tuple(obj: Any, name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> None:
     """Validate a non-empty sequence of ints and store it on the frozen ``obj`` as a tuple (``config.json`` holds
     lists)."""

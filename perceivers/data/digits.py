@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceivers.core.validation import check_finite
+
 TEST_SIZE = 0.2
 SPLIT_SEED = 0
 NUM_CLASSES = 10
@@ -36,6 +38,7 @@ def load_digits_split() -> DigitsSplit:
 
     data = load_digits()
     images = (data.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    check_finite("digits images", images)  # positions in load_digits() order, before the split
     labels = data.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=TEST_SIZE, stratify=labels,
                                               random_state=SPLIT_SEED)

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceivers.core.errors import UserError
 from perceivers.core.files import atomic_write
+from perceivers.core.validation import check_finite
 
 # RGB photographs bundled with scikit-image (no download); the last one is held out for evaluation.
 NATURAL_TRAIN_IMAGES = ("astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -46,13 +48,14 @@ def natural_crops(num_crops: int, size: int, *, held_out: bool = False, seed: in
     crops the evaluation photographs (:data:`NATURAL_HELD_OUT_IMAGES`) instead of the training ones."""
     try:
         import skimage.data
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("natural_crops needs scikit-image (pip install scikit-image)") from err
+    except ImportError:  # a missing optional dependency is the user's to install: one line on the command line
+        raise UserError("natural images (data='natural') need scikit-image: pip install 'perceivers[images]'") from None
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise ValueError(f"size={size!r} is invalid: expected an int >= 2")
     names = NATURAL_HELD_OUT_IMAGES if held_out else NATURAL_TRAIN_IMAGES
     photos = [np.asarray(getattr(skimage.data, name)(), dtype=np.float32)[..., :3] / 255.0 for name in names]
     for name, photo in zip(names, photos):
+        check_finite(f"skimage.data.{name}()", photo)
         if photo.shape[0] < size or photo.shape[1] < size:
             raise ValueError(f"size={size} is larger than skimage.data.{name} {photo.shape[:2]}")
     rng = np.random.default_rng(seed)

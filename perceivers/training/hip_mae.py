@@ -24,6 +24,7 @@ The official HiP release has no training code; every choice below is ours (the p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -136,7 +137,7 @@ def reconstruction_grid(images: Tensor, mask: Tensor, recon: Tensor, *, scale: i
     """One row per example, three panels: masked input (masked pixels blue), reconstruction (visible
     pixels + predictions at masked ones), original. ``images, recon: (N, C, H, W)`` in [0, 1] (C = 1 or 3),
     ``mask: (N, H, W)`` -> ``(N*(H*scale+2), 3*(W*scale+2), 3)`` uint8."""
-    rgb = lambda t: t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t  # noqa: E731
+    rgb = lambda t: t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t
     images, recon = rgb(images.float()), rgb(recon.float().clamp(0, 1))
     m = mask[:, None].expand_as(images)
     blue = torch.tensor([0.2, 0.3, 1.0]).view(1, 3, 1, 1).expand_as(images)
@@ -178,6 +179,8 @@ class HiPMAETask(Task):
     """
 
     name: ClassVar[str] = "hip-mae"
+    model_kind: ClassVar[str] = ("HiP with mask tokens and one image modality: (64, 1) for data='digits' or "
+                                 "(S*S, 3) for data='natural'")
 
     model: str = "hip-mae-digits"
     data: str = "digits"
@@ -208,6 +211,8 @@ class HiPMAETask(Task):
             return d.train_images if train else d.test_images
         try:
             tr, te = _natural(self.crop_size, self.num_crops, self.num_eval_crops)
+        except ConfigError:  # non-finite pixels: already names the photograph and the position
+            raise
         except ValueError as exc:  # its one check left: crops larger than a photograph
             raise ConfigError(f"crop_size={self.crop_size} is invalid: the crops must fit every photograph "
                               f"({exc})") from exc
@@ -225,6 +230,21 @@ class HiPMAETask(Task):
                          **self._overrides)
         return c.inputs[0]
 
+    def fits(self, config: Any) -> bool:
+        if not _is_mae_hip(config):
+            return False
+        m, c = config.modalities[config.inputs[0]]
+        return (m, c) == (64, 1) or (c == 3 and math.isqrt(m) ** 2 == m and m >= 4)
+
+    def for_model(self, model: nn.Module) -> HiPMAETask:
+        """This task on the data the loaded model reads: the digits for a (64, 1) image modality, else natural
+        crops of its side."""
+        super().for_model(model)  # ConfigError unless the model fits
+        m, c = model.config.modalities[model.config.inputs[0]]
+        if c == 1:
+            return dataclasses.replace(self, data="digits")
+        return dataclasses.replace(self, data="natural", crop_size=math.isqrt(m))
+
     def build_model(self) -> nn.Module:
         _ = self._modality  # the model fits the task
         return create_model(self.model, **self._overrides)
@@ -232,10 +252,13 @@ class HiPMAETask(Task):
     def train_dataset(self, seed: int) -> Dataset:
         return TensorDataset(self._images(train=True))
 
-    def _reconstruct(self, model: nn.Module, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(prediction, target), both ``(B, M, C)`` in target space; ``mask: (B, M)``."""
+    def _reconstruct(self, model: nn.Module, images: Tensor, mask: Tensor,
+                     modality: str | None = None) -> tuple[Tensor, Tensor]:
+        """(prediction, target), both ``(B, M, C)`` in target space; ``mask: (B, M)``; ``modality`` defaults to
+        the configured model's (evaluation passes the model's own: a loaded model may name it differently)."""
         tokens = images_to_tokens(images)
-        out = model({self._modality: tokens}, {self._modality: mask})["input_reconstruction"][self._modality]
+        name = modality or self._modality
+        out = model({name: tokens}, {name: mask})["input_reconstruction"][name]
         return out, normalise_targets(tokens, self.norm_targets)
 
     def training_loss(self, model: nn.Module, batch: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -262,7 +285,7 @@ class HiPMAETask(Task):
         sse = base = count = 0.0
         for start in range(0, len(images), 128):
             x, m = images[start:start + 128].to(device), masks[start:start + 128].to(device)
-            pred, target = self._reconstruct(model, x, m)
+            pred, target = self._reconstruct(model, x, m, model.config.inputs[0])
             w = m[..., None].float()
             visible_mean = (target * (1 - w)).sum(dim=(1, 2), keepdim=True) / ((1 - w).sum(dim=(1, 2), keepdim=True)
                                                                               * target.shape[-1])
@@ -282,7 +305,7 @@ class HiPMAETask(Task):
         images = self._images(train=False)[:self.grid_examples]
         n, _, h, w = images.shape
         mask = self._eval_masks(len(self._images(train=False)), h * w)[:n]
-        pred, _ = self._reconstruct(model, images.to(device), mask.to(device))
+        pred, _ = self._reconstruct(model, images.to(device), mask.to(device), model.config.inputs[0])
         pred = pred.cpu()
         if self.norm_targets == "example":  # back to pixel values with each example's statistics
             tokens = images_to_tokens(images)
@@ -312,6 +335,7 @@ class HiPFinetuneTask(Task):
     """
 
     name: ClassVar[str] = "hip-mae-finetune"
+    model_kind: ClassVar[str] = "HiP classifier of one (64, 1) image modality (8x8 grey pixels) into 10 classes"
 
     model: str = "hip-mae-digits-classifier"
     positions: str = "mae"
@@ -378,8 +402,11 @@ class HiPFinetuneTask(Task):
         d = load_digits_split()
         return TensorDataset(d.train_images, d.train_labels)
 
-    def _inputs(self, images: Tensor) -> dict[str, Tensor]:
-        return {self._modality: images_to_tokens(images)}
+    def fits(self, config: Any) -> bool:
+        return _is_digits_hip_classifier(config)
+
+    def _inputs(self, images: Tensor, modality: str | None = None) -> dict[str, Tensor]:
+        return {modality or self._modality: images_to_tokens(images)}
 
     def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         images, labels = batch
@@ -390,8 +417,9 @@ class HiPFinetuneTask(Task):
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         d = load_digits_split()
+        modality = model.config.hip.inputs[0]  # the evaluated model's own name for it
         result = evaluate_classifier(model, d.test_images, d.test_labels, device=next(model.parameters()).device,
-                                     inputs=self._inputs)
+                                     inputs=lambda images: self._inputs(images, modality))
         return {"test_accuracy": result["accuracy"], "test_loss": result["loss"],
                 "num_test": float(result["num_examples"])}
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from perceivers.core.errors import ConfigError
 from perceivers.core.validation import fail
 from perceivers.models import get_config, list_models
 from perceivers.training.dist import block_modules
@@ -34,11 +35,39 @@ def model_config(field: str, name: Any, fits: Callable[[Any], bool], expected: s
     fail(field, name, f"a registered {expected}: {', '.join(fitting) or 'none is registered'}")
 
 
+def model_kind(config: Any) -> str:
+    """What a model of ``config`` is, in words (``perceivers eval`` names it when a checkpoint does not fit)."""
+    kind = type(config).__name__
+    if kind == "PerceiverARConfig":
+        return (f"Perceiver AR ({config.vocab_size} token ids, context {config.max_context_length}, "
+                f"{config.num_latents} latents)")
+    if kind == "HiPClassifierConfig":
+        return f"HiP classifier ({config.num_classes} classes)"
+    if kind == "HiPConfig":
+        return "HiP" + (" with mask tokens" if config.use_mask_token else "") + f" (modalities {dict(config.modalities)})"
+    if kind != "PerceiverIOConfig":
+        return kind.removesuffix("Config") or "model"
+    prep, decoder = type(config.preprocessor).__name__, config.decoder
+    if prep == "TextPreprocessorConfig":
+        return "Perceiver IO masked language model" if decoder.type == "basic" else "Perceiver IO text classifier"
+    if prep == "FlowPreprocessorConfig":
+        return "Perceiver IO optical-flow model"
+    if prep == "MultimodalPreprocessorConfig":
+        return "Perceiver IO multimodal autoencoder"
+    if prep == "ImagePreprocessorConfig" and decoder.type == "classification":
+        p = config.preprocessor
+        return (f"Perceiver IO image classifier ({p.in_channels}x{'x'.join(map(str, p.image_size))} images, "
+                f"{decoder.num_outputs} classes)")
+    return f"Perceiver IO model ({decoder.type} decoder)"
+
+
 class Task(ABC):
     """One per recipe: data and loss. Subclasses implement the four abstract methods; the other methods are hooks
     with defaults that do nothing (or the generic thing) and may be overridden."""
 
     name: ClassVar[str] = "task"
+    #: What :meth:`for_model` accepts, in words (``perceivers eval`` names it for a checkpoint that does not fit).
+    model_kind: ClassVar[str] = "model of this task"
     aliases: ClassVar[dict[str, str]] = {}  # command-line spelling -> settings field (``latents`` -> ``num_latents``)
 
     @abstractmethod
@@ -59,6 +88,21 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of the plain (unwrapped) model; called on rank 0 only."""
+
+    def fits(self, config: Any) -> bool:
+        """Whether a model of ``config`` is one this task trains and can evaluate; default: any model."""
+        return True
+
+    def for_model(self, model: nn.Module) -> Task:
+        """The task that evaluates a loaded ``model`` (``perceivers eval RECIPE``, which then calls :meth:`evaluate`).
+
+        :class:`~perceivers.core.errors.ConfigError` ``this checkpoint is a <kind>; eval <task> needs a
+        <model_kind>`` unless the model :meth:`fits`; subclasses return a copy with the settings the model implies
+        (its context, its latents); default: this task."""
+        config = getattr(model, "config", None)
+        if not self.fits(config):
+            raise ConfigError(f"this checkpoint is a {model_kind(config)}; eval {self.name} needs a {self.model_kind}")
+        return self
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         """The units of activation checkpointing and FSDP sharding; default: the outermost ``*Block`` modules."""

@@ -7,6 +7,7 @@ loss (label smoothing included), and reports its held-out metrics.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any, ClassVar
@@ -45,6 +46,7 @@ from perceivers.models import create_model
 from perceivers.models.perceiver_ar import PerceiverARConfig
 from perceivers.models.perceiver_io import PerceiverIOConfig
 from perceivers.preprocessors import ImagePreprocessorConfig
+from perceivers.tokenizers import AR_VOCAB_SIZE
 from perceivers.training.losses import (
     classification_loss,
     evaluate_bits_per_byte,
@@ -73,12 +75,19 @@ def is_perceiver_ar(config: Any) -> bool:
     return isinstance(config, PerceiverARConfig)
 
 
+def is_byte_perceiver_ar(config: Any) -> bool:
+    """Whether ``config`` is a Perceiver AR over the byte ids of :mod:`perceivers.data.text` (what ``perceivers eval
+    text`` and ``eval copy`` score)."""
+    return is_perceiver_ar(config) and config.vocab_size == AR_VOCAB_SIZE
+
+
 @dataclass(frozen=True, kw_only=True)
 class DigitsTask(Task):
     """Classify scikit-learn's 8x8 digits (fixed stratified split) with a Perceiver IO classifier from raw pixels +
     2-D Fourier features; random ±``max_shift``-pixel shifts; cross-entropy with ``label_smoothing``."""
 
     name: ClassVar[str] = "digits"
+    model_kind: ClassVar[str] = DIGITS_MODEL
 
     model: str = "perceiver-io-digits"
     max_shift: int = 1  # augmentation: random translation by up to this many pixels
@@ -87,6 +96,9 @@ class DigitsTask(Task):
     def __post_init__(self) -> None:
         check_int("max_shift", self.max_shift, minimum=0)
         check_prob("label_smoothing", self.label_smoothing)
+
+    def fits(self, config: Any) -> bool:
+        return is_digits_classifier(config)
 
     def build_model(self) -> nn.Module:
         model_config("model", self.model, is_digits_classifier, DIGITS_MODEL)
@@ -155,6 +167,7 @@ class TextTask(Task):
 
     name: ClassVar[str] = "text"
     aliases: ClassVar[dict[str, str]] = AR_ALIASES
+    model_kind: ClassVar[str] = f"byte-level Perceiver AR ({AR_VOCAB_SIZE} token ids)"
 
     model: str = "perceiver-ar-stdlib-bytes"
     context: int | None = None
@@ -175,6 +188,15 @@ class TextTask(Task):
         check_bool("include_tests", self.include_tests)
         if self.context is not None and self.eval_context is not None and self.eval_context < self.context:
             fail("eval_context", self.eval_context, f">= context={self.context}")
+
+    def fits(self, config: Any) -> bool:
+        return is_byte_perceiver_ar(config)
+
+    def for_model(self, model: nn.Module) -> TextTask:
+        """This task with the loaded model's context and latents (scored as the training run scored it)."""
+        super().for_model(model)  # ConfigError unless the model fits
+        c = model.config
+        return dataclasses.replace(self, context=c.max_context_length, num_latents=c.num_latents)
 
     def model_overrides(self) -> dict[str, Any]:
         overrides = perceiver_ar_overrides(self, context=self.context)
@@ -243,6 +265,8 @@ class CopyTask(Task):
 
     name: ClassVar[str] = "copy"
     aliases: ClassVar[dict[str, str]] = AR_ALIASES
+    model_kind: ClassVar[str] = (f"Perceiver AR of {AR_VOCAB_SIZE} token ids with an odd context >= 3 (a copy "
+                                 "length - 1) and 2 or more latents")
     EVAL_SEED: ClassVar[int] = 12345  # the evaluation stream (odd: training items use even generator seeds)
 
     model: str = "perceiver-ar-copy"
@@ -262,6 +286,16 @@ class CopyTask(Task):
             check_int(name, getattr(self, name))
         if self.num_latents is not None and self.num_latents > self.length - 1:
             fail("num_latents", self.num_latents, f"at most the context length - 1 = {self.length - 1}")
+
+    def fits(self, config: Any) -> bool:
+        return (is_byte_perceiver_ar(config) and config.max_context_length >= 3 and config.max_context_length % 2 == 1
+                and 2 <= config.num_latents <= config.max_context_length)
+
+    def for_model(self, model: nn.Module) -> CopyTask:
+        """This task at the loaded model's length (its context + 1) and latents."""
+        super().for_model(model)  # ConfigError unless the model fits
+        c = model.config
+        return dataclasses.replace(self, length=c.max_context_length + 1, num_latents=c.num_latents)
 
     def model_overrides(self) -> dict[str, Any]:
         return perceiver_ar_overrides(self, context=self.length - 1)

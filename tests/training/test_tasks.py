@@ -28,7 +28,8 @@ SETTINGS = (EngineConfig, Recipe, DigitsTask, TextTask, CopyTask, HiPMAETask, Hi
 ENGINE_KEYS = ["steps", "epochs", "batch_size", "drop_last", "lr", "optimizer", "betas", "eps", "schedule",
                "warmup_steps", "warmup_fraction", "constant_fraction", "weight_decay", "grad_clip", "grad_accum",
                "precision", "activation_checkpointing", "compile", "seed", "checkpoint_every", "keep_last",
-               "log_every", "eval_every", "on_nonfinite", "device", "strategy", "find_unused_parameters"]
+               "log_every", "eval_every", "on_nonfinite", "max_skip_fraction", "device", "strategy",
+               "find_unused_parameters", "collective_timeout"]
 # What `perceivers train NAME --print-config` shows: the names it showed before recipes became data, plus
 # label_smoothing (moved from the engine to the tasks whose loss uses it) and the text task's max_wavelength /
 # eval_context; the HiP tasks' `name` is the task's class constant, no longer a setting.
