@@ -36,11 +36,31 @@ from perceivers.core.validation import check_int, fail
 MAX_NEW_TOKENS = 1 << 20
 
 
+class _RecipeHelp(argparse.Action):
+    """``-h/--help`` of ``train`` and ``eval``: the command's help, then (after ``RECIPE``) that recipe's settings
+    with their defaults and meaning (``train``: the task's and the engine's; ``eval``: the task's)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        from perceivers.training.recipes import RECIPES, settings_help
+
+        parser.print_help()
+        name = getattr(namespace, "recipe", None)
+        if name in RECIPES:
+            print(f"\nsettings of recipe {name!r}: --NAME VALUE or --set NAME=VALUE, the names of --print-config "
+                  "(- for _ works too); default, then meaning\n")
+            print(settings_help(RECIPES[name](), engine=parser.prog.endswith(" train")))
+        parser.exit()
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from perceivers.training.recipes import RECIPES
 
     p = sub.add_parser(
         "train", help="train a recipe on the training engine (one process, or many under torchrun)", allow_abbrev=False,
+        add_help=False,
         description="Train a recipe, evaluate it on its held-out data and save the model (config.json + "
                     "model.safetensors), metrics.json, metrics.csv / eval.csv and checkpoints under --out. "
                     "Any recipe or engine setting can be overridden: --KEY VALUE or --set KEY=VALUE "
@@ -51,6 +71,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                "activation_checkpointing, compile, seed, checkpoint_every, keep_last, log_every, eval_every, "
                "on_nonfinite (stop|skip), device, strategy (none|ddp|fsdp). Several processes: torchrun "
                "--nproc_per_node N -m perceivers train RECIPE --strategy ddp.")
+    p.add_argument("-h", "--help", action=_RecipeHelp, help="show this help (after RECIPE: also the recipe's "
+                                                             "settings, defaults and meaning) and exit")
     p.add_argument("recipe", choices=sorted(RECIPES), help="which recipe (see `--print-config`)")
     p.add_argument("--out", default=None, help="run folder (default: runs/RECIPE)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -110,7 +132,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "metrics of its metrics.json, one `name: value` line each. The model's own "
                                    "sizes (context, latents, image size) are used; the task's other settings can "
                                    "be set as in `perceivers train` (--KEY VALUE or --set KEY=VALUE).",
-                       allow_abbrev=False)
+                       allow_abbrev=False, add_help=False)
+    p.add_argument("-h", "--help", action=_RecipeHelp, help="show this help (after RECIPE: also the recipe's task "
+                                                             "settings, defaults and meaning) and exit")
     p.add_argument("recipe", choices=sorted(RECIPES), help="which recipe's evaluation to run")
     p.add_argument("--checkpoint", required=True, help="model folder (config.json + model.safetensors)")
     p.add_argument("--device", default="cpu", help="torch device")

@@ -181,6 +181,16 @@ class HiPMAETask(Task):
     name: ClassVar[str] = "hip-mae"
     model_kind: ClassVar[str] = ("HiP with mask tokens and one image modality: (64, 1) for data='digits' or "
                                  "(S*S, 3) for data='natural'")
+    setting_help: ClassVar[dict[str, str]] = {
+        "model": "registered HiP with mask tokens (see `perceivers models hip-mae`)",
+        "data": f"images to pretrain on: one of {DATA_SOURCES} (natural needs perceivers[images])",
+        "mask_ratio": "share of each image's pixels masked, in (0, 1)",
+        "norm_targets": f"reconstruction targets: one of {NORM_TARGETS} (example: standardised per image)",
+        "max_shift": "digits augmentation: random shifts of up to this many pixels",
+        "crop_size": "natural: side of the square crops (the model's image modality is resized to it)",
+        "num_crops": "natural: training crops", "num_eval_crops": "natural: held-out crops",
+        "grid_examples": "held-out examples drawn in reconstructions.png",
+        "eval_seed": "seed of the held-out masks"}
 
     model: str = "hip-mae-digits"
     data: str = "digits"
@@ -336,6 +346,15 @@ class HiPFinetuneTask(Task):
 
     name: ClassVar[str] = "hip-mae-finetune"
     model_kind: ClassVar[str] = "HiP classifier of one (64, 1) image modality (8x8 grey pixels) into 10 classes"
+    setting_help: ClassVar[dict[str, str]] = {
+        "model": "registered pooled HiP classifier of the digits (see `perceivers models classifier`)",
+        "positions": f"position tables: one of {POSITION_INITS} (mae: copied from pretrained)",
+        "pretrained": "folder of a saved hip-mae model (positions=mae)",
+        "transfer": f"what positions=mae copies: one of {TRANSFERS}",
+        "freeze_positions": "keep the position tables fixed (fourier always is)",
+        "fourier_bands": "positions=fourier: frequency bands (None: as many as fit)",
+        "max_shift": "augmentation: random shifts of up to this many pixels",
+        "label_smoothing": "label smoothing of the cross-entropy, in [0, 1)"}
 
     model: str = "hip-mae-digits-classifier"
     positions: str = "mae"

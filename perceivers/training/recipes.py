@@ -38,6 +38,57 @@ class Recipe:
         return {**self.task.settings(), "engine": self.engine.to_dict()}
 
 
+#: The meaning of each engine setting (``perceivers train RECIPE --help``; see docs/training.md for the details).
+ENGINE_SETTING_HELP = {
+    "steps": "optimiser steps (None: use epochs; give steps or epochs, not both)",
+    "epochs": "passes over the training data (None: use steps)",
+    "batch_size": "global batch, split over processes and grad_accum micro-steps",
+    "drop_last": "drop the last incomplete batch of each epoch",
+    "lr": "peak learning rate", "optimizer": "adamw or lamb", "betas": "the optimiser's betas, two floats in [0, 1)",
+    "eps": "the optimiser's eps (None: 1e-8 for AdamW, 1e-6 for LAMB)",
+    "schedule": "learning-rate schedule: cosine, constant_cosine, linear or constant",
+    "warmup_steps": "linear warm-up steps (None: warmup_fraction of training)",
+    "warmup_fraction": "warm-up as a share of training, in [0, 1)",
+    "constant_fraction": "constant_cosine: share of training at the peak learning rate",
+    "weight_decay": "decoupled weight decay", "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "grad_accum": "micro-steps accumulated per optimiser step", "precision": "fp32 or bf16 (autocast)",
+    "activation_checkpointing": "recompute each block's activations in the backward pass (saves memory)",
+    "compile": "torch.compile the model", "seed": "seed of the model's initialisation, data order and augmentation",
+    "checkpoint_every": "checkpoint every this many steps (0: only at the end and on Ctrl-C)",
+    "keep_last": "checkpoints kept", "log_every": "log the training metrics every this many steps",
+    "eval_every": "evaluate on the held-out data every this many steps (0: only at the end)",
+    "on_nonfinite": "a NaN/inf loss: stop, or skip the step (up to max_skip_fraction of the run)",
+    "max_skip_fraction": "on_nonfinite=skip: the share of skipped steps that stops the run",
+    "device": "torch device (cpu, cuda, cuda:1, auto)", "strategy": "none, ddp or fsdp (several processes: torchrun)",
+    "find_unused_parameters": "DDP: for models with parameters some steps leave unused",
+    "collective_timeout": "seconds a process waits for the others before it gives up",
+}
+
+
+def _as_typed(value: Any) -> str:
+    """A setting's value as it is typed on the command line."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def settings_help(recipe: Recipe, *, engine: bool = True) -> str:
+    """The recipe's settings, one line each: ``--name  default  meaning``, the task's then (``engine=True``) the
+    engine's; the names are those of ``--print-config`` (``-`` for ``_`` works too)."""
+    task, lines = recipe.task, []
+    aliases = {field: alias for alias, field in task.aliases.items()}
+    groups = [(f"task settings ({task.name})", task.settings(), task.setting_help)]
+    if engine:
+        engine_settings = {k: v for k, v in recipe.engine.to_dict().items() if k not in task.settings()}
+        groups.append(("engine settings", engine_settings, ENGINE_SETTING_HELP))
+    for title, values, meanings in groups:
+        rows = [(f"--{key}" + (f" (--{aliases[key]})" if key in aliases else ""), _as_typed(value),
+                 meanings.get(key, "")) for key, value in values.items()]
+        width = max(len(flag) for flag, _, _ in rows)
+        dwidth = max(len(default) for _, default, _ in rows)
+        lines += ["", f"{title}:"] + [f"  {flag:<{width}}  {default:<{dwidth}}  {meaning}".rstrip()
+                                      for flag, default, meaning in rows]
+    return "\n".join(lines[1:])
+
+
 def digits() -> Recipe:
     """Perceiver IO classifier on scikit-learn's 8x8 digits from raw pixels + 2-D Fourier features (80 epochs)."""
     return Recipe(task=DigitsTask(), engine=EngineConfig(

@@ -68,6 +68,8 @@ class Task(ABC):
     name: ClassVar[str] = "task"
     #: What :meth:`for_model` accepts, in words (``perceivers eval`` names it for a checkpoint that does not fit).
     model_kind: ClassVar[str] = "model of this task"
+    #: The meaning of each setting (``perceivers train RECIPE --help`` lists it with the default).
+    setting_help: ClassVar[dict[str, str]] = {}
     aliases: ClassVar[dict[str, str]] = {}  # command-line spelling -> settings field (``latents`` -> ``num_latents``)
 
     @abstractmethod

@@ -58,6 +58,13 @@ from perceivers.training.task import Task, model_config
 
 AR_ALIASES = {"latents": "num_latents", "layers": "num_layers", "heads": "num_heads"}
 AR_SIZES = ("num_latents", "channels", "num_layers", "num_heads")
+AR_SETTING_HELP = {
+    "model": "registered Perceiver AR to train (see `perceivers models perceiver-ar`)",
+    "num_latents": "latents N, the positions that predict (None: the model's)",
+    "channels": "width of inputs and latents (None: the model's)",
+    "num_layers": "self-attention layers over the latents (None: the model's)",
+    "num_heads": "attention heads (None: the model's)",
+}
 #: What the digits task trains and ``perceivers eval digits`` scores.
 DIGITS_MODEL = "Perceiver IO classifier of 1x8x8 images into 10 classes"
 
@@ -88,6 +95,10 @@ class DigitsTask(Task):
 
     name: ClassVar[str] = "digits"
     model_kind: ClassVar[str] = DIGITS_MODEL
+    setting_help: ClassVar[dict[str, str]] = {
+        "model": "registered Perceiver IO classifier of the 8x8 digits (see `perceivers models digits`)",
+        "max_shift": "augmentation: random shifts of up to this many pixels (0: none)",
+        "label_smoothing": "label smoothing of the cross-entropy, in [0, 1)"}
 
     model: str = "perceiver-io-digits"
     max_shift: int = 1  # augmentation: random translation by up to this many pixels
@@ -168,6 +179,13 @@ class TextTask(Task):
     name: ClassVar[str] = "text"
     aliases: ClassVar[dict[str, str]] = AR_ALIASES
     model_kind: ClassVar[str] = f"byte-level Perceiver AR ({AR_VOCAB_SIZE} token ids)"
+    setting_help: ClassVar[dict[str, str]] = {
+        **AR_SETTING_HELP, "context": "context length M in bytes (None: the model's)",
+        "max_wavelength": "rotary position range (None: the model's)",
+        "eval_windows": "number of fixed validation windows scored",
+        "eval_context": "validation window length (None: the model's context); >= context",
+        "data_root": "folder of *.py files to train on (None: this Python's standard library)",
+        "include_tests": "also read the standard library's test suites"}
 
     model: str = "perceiver-ar-stdlib-bytes"
     context: int | None = None
@@ -267,6 +285,10 @@ class CopyTask(Task):
     aliases: ClassVar[dict[str, str]] = AR_ALIASES
     model_kind: ClassVar[str] = (f"Perceiver AR of {AR_VOCAB_SIZE} token ids with an odd context >= 3 (a copy "
                                  "length - 1) and 2 or more latents")
+    setting_help: ClassVar[dict[str, str]] = {
+        **AR_SETTING_HELP, "length": "sequence length S, even: SOS, S/2 - 1 random bytes, their mirror, EOS",
+        "train_sequences": "training sequences per epoch (generated from the engine's seed)",
+        "eval_sequences": "held-out sequences scored (a separate fixed stream)"}
     EVAL_SEED: ClassVar[int] = 12345  # the evaluation stream (odd: training items use even generator seeds)
 
     model: str = "perceiver-ar-copy"
