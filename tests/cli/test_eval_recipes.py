@@ -86,3 +86,17 @@ def test_eval_takes_task_settings_only(folders, capsys):
     assert err.count("\n") == 1 and "eval takes the task's settings only" in err
     assert main(["eval", "digits", "--checkpoint", str(folders["perceiver-io-digits"]), "--no-such", "1"]) == 2
     assert "unknown setting 'no-such'" in capsys.readouterr().err
+
+
+def test_eval_hip_mae_reads_natural_crops_for_an_rgb_model(tmp_path, capsys):
+    """A hip-mae model of (S*S, 3) pixels is evaluated on natural crops of side S (``for_model``)."""
+    task = apply_overrides(RECIPES["hip-mae"](), [("data", "natural"), ("crop_size", "4"), ("num_crops", "2"),
+                                                  ("num_eval_crops", "6")]).task
+    torch.manual_seed(0)
+    model = task.build_model()
+    expected = task.evaluate(model.eval())
+    folder = model.save_pretrained(tmp_path / "model")
+    assert main(["eval", "hip-mae", "--checkpoint", str(folder), "--num-crops", "2", "--num-eval-crops", "6"]) == 0
+    printed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert float(printed["num_test_images"]) == 6
+    assert float(printed["test_masked_mse"]) == pytest.approx(expected["test_masked_mse"], rel=1e-5)

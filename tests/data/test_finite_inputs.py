@@ -70,3 +70,16 @@ def test_natural_images_refuse_inf_pixels(monkeypatch, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "skimage.data.chelsea()[7, 9, 2] is inf" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "digits", "--lr", "nan", "--print-config"], "lr=nan is invalid"),
+    (["train", "hip-mae", "--mask-ratio", "inf", "--print-config"], "mask_ratio=inf is invalid"),
+    (["train", "digits", "--label-smoothing", "nan", "--print-config"], "label_smoothing=nan is invalid"),
+    (["generate", "--checkpoint", "missing", "--temperature", "nan"], "temperature=nan is invalid"),
+    (["generate", "--checkpoint", "missing", "--top-p", "inf"], "top_p=inf is invalid"),
+])
+def test_non_finite_numbers_on_the_command_line_are_refused(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
