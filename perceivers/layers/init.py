@@ -17,14 +17,27 @@ from torch import Tensor, nn
 
 # Std of a standard normal truncated to [-2, 2]; VarianceScaling divides by it.
 _TRUNC_STD_CORRECTION = 0.87962566103423978
+_ERF_2_OVER_SQRT2 = math.erf(2.0 / math.sqrt(2.0))  # P(|Z| <= 2) for a standard normal Z
 
 
 def init_trunc_normal(tensor: Tensor, std: float) -> None:
-    """Truncated normal N(0, std) cut at +-2 std, in place."""
+    """Truncated normal N(0, std) cut at +-2 std, in place.
+
+    Inverse-CDF sampling (uniform in [Phi(-2), Phi(2)], then the normal quantile through ``erfinv``), the method
+    of ``nn.init.trunc_normal_`` in earlier torch releases; the distribution is the same as a normal draw conditioned on
+    the interval. torch 2.13's ``trunc_normal_`` redraws a full-size tensor on every rejection round until no
+    entry is out of range, which made building a 200M-parameter model take tens of seconds on 2 cores. This
+    is four in-place passes with no host read; float16/bfloat16 tensors are drawn in float32, then rounded.
+    """
     if tensor.is_meta:
         return
     with torch.no_grad():
-        nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+        low_precision = tensor.dtype in (torch.float16, torch.bfloat16)
+        work = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device) if low_precision else tensor
+        work.uniform_(-_ERF_2_OVER_SQRT2, _ERF_2_OVER_SQRT2)  # 2 Phi(x) - 1 at x = -2 and x = 2
+        work.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(-2.0 * std, 2.0 * std)
+        if low_precision:
+            tensor.copy_(work)
 
 
 def _fan_in(weight: Tensor) -> int:
