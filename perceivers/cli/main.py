@@ -81,6 +81,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the recipe's settings and exit")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY[,KEY...]",
+                   help="with --resume: accept these settings differing from the checkpoint's (e.g. epochs)")
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
@@ -206,7 +208,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         return 0
     try:  # a bad setting, model or --resume checkpoint is a UserError from inside the engine, before training
         result = run_task(recipe.task, recipe.engine, args.out or f"runs/{args.recipe}", resume=args.resume,
-                          progress=not args.no_progress)
+                          allow_change=args.allow_change, progress=not args.no_progress)
     except FloatingPointError as exc:
         print(f"perceivers train: error: {exc}", file=sys.stderr)
         return 3

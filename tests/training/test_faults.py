@@ -139,6 +139,10 @@ def test_changes_allowed_explicitly(interrupted, capsys, tiny_recipe):
                       progress=False, log=logged.append)
     assert result["steps"] == 18
     assert "resuming with changed settings (allowed): epochs 4 -> 6, lr 0.003 -> 0.001" in logged
+    # the command line's flag (the recipe's lr is SHORT's 3e-3 again; the final checkpoint recorded 1e-3)
+    args = ["train", "tiny", "--out", str(interrupted), "--resume", "--epochs", "6", "--no-progress"]
+    assert main(args) == 2 and one_line_error(capsys).endswith("--allow-change lr")
+    assert main([*args, "--allow-change", "lr"]) == 0
 
 
 def test_the_optimizer_never_changes_on_resume(interrupted):
