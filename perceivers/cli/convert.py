@@ -33,14 +33,18 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="haiku_set",
                    help="override a config field the file does not fix, dotted and repeatable, e.g. "
                         "--set encoder.num_blocks=4 --set decoder.num_heads=2 (VALUE is read as JSON, else a string)")
-    f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder (config.json + model.safetensors)",
+    f = conv.add_parser("hf", help="a Hugging Face transformers Perceiver folder or Hub id (owner/name[@revision])",
                         description="Convert a transformers Perceiver folder (ImageClassificationFourier, MaskedLM, "
                                     "SequenceClassification, ImageClassificationLearned, ImageClassificationConvProcessing, "
                                     "OpticalFlow, MultimodalAutoencoding) to our folder. Default: "
                                     "official semantics (tanh GELU, no query residual in the learned-position "
-                                    "decoder, attention dropout 0, flow in pixels); --hf-compat reproduces HF's outputs.")
-    f.add_argument("src", help="HF model folder")
+                                    "decoder, attention dropout 0, flow in pixels); --hf-compat reproduces HF's outputs. "
+                                    "SRC may be a Hub id such as deepmind/vision-perceiver-fourier, fetched with "
+                                    "huggingface_hub (pip install 'perceivers[hub]') into the Hub cache (HF_HUB_CACHE / "
+                                    "HF_HOME); HF_HUB_OFFLINE=1 serves it from that cache without downloading.")
+    f.add_argument("src", help="HF model folder, or Hub id owner/name[@revision]")
     f.add_argument("out", help="output folder")
+    f.add_argument("--revision", default=None, help="Hub branch, tag or commit of a Hub id SRC (default: main)")
     f.add_argument("--hf-compat", action="store_true",
                    help="reproduce HF numbers: activation from hidden_act, learned decoder query residual, "
                         "attention_probs_dropout_prob from the HF config")
@@ -65,11 +69,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.source in PORTS:
         return cmd_convert_port(args)
     if args.source == "hf":
-        from perceivers.converters.hf import convert_hf_folder
+        from perceivers.converters.hub_fetch import from_pretrained
 
-        with user_input():
-            model = convert_hf_folder(args.src, hf_compat=args.hf_compat,
-                                      undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
+        with user_input():  # a local folder or a Hub id; a perceivers-format one is copied as it is
+            model = from_pretrained(args.src, revision=args.revision, hf_compat=args.hf_compat,
+                                    undo_hf_kernel_transpose=args.undo_hf_kernel_transpose)
         with user_input("OUT"):
             out = model.save_pretrained(args.out)
         mode = "HF-compatible" if args.hf_compat else "official semantics"
