@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from perceivers.core.errors import ConfigError, ConfigTypeError
 from perceivers.core.files import (
     atomic_folder,
     interrupted_saves,
@@ -21,6 +22,7 @@ from perceivers.core.files import (
     read_json_object,
 )
 from perceivers.core.registry import MODEL_TYPES
+from perceivers.core.validation import check_finite
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -85,8 +87,10 @@ def read_config(directory: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     return model_type, data["config"]
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error."""
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
+                           dtype: torch.dtype | None = None) -> None:
+    """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error. With ``dtype``,
+    the tensors are first cast and checked by :func:`cast_state`."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -98,14 +102,53 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, 
         lines += [f"  unexpected key: {k}" for k in unexpected]
         lines += [f"  shape mismatch: {m}" for m in mismatched]
         raise ValueError("\n".join(lines))
+    if dtype is not None:
+        state = cast_state(model, state, dtype, source=source)
     model.load_state_dict(state, strict=True, assign=any(p.is_meta for p in model.parameters()))
 
 
-def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by ``save_pretrained``; weights loaded strictly from safetensors, in eval mode."""
+def _check_dtype_argument(dtype: Any) -> None:
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigTypeError(f"dtype must be a floating-point torch.dtype such as torch.float32, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ConfigError(f"dtype={dtype} is not a floating-point dtype: expected torch.float32, torch.float64, "
+                          "torch.bfloat16 or torch.float16")
+
+
+def cast_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, *,
+               source: str) -> dict[str, torch.Tensor]:
+    """``state`` in the model's dtypes: every tensor the model holds as floating point becomes ``dtype`` (one dtype
+    for the whole model, whatever the file mixes), the others (BatchNorm's step counter) keep the model's
+    integer dtype. ``ConfigError`` naming the first tensor of the wrong kind (integer or bool where the model
+    expects floats, or the reverse) and the first NaN or infinite value. Call after the keys are checked."""
+    expected = model.state_dict()
+    out = {}
+    for key, tensor in state.items():
+        want = expected[key].dtype
+        if tensor.dtype.is_floating_point != want.is_floating_point or tensor.dtype == torch.bool:
+            kind = "floating-point" if want.is_floating_point else "integer"
+            raise ConfigError(f"{source} holds {key!r} as {tensor.dtype}: expected {kind} values")
+        if want.is_floating_point:
+            tensor = tensor.to(dtype)
+            if not bool(torch.isfinite(tensor).all()):
+                check_finite(f"{source}: {key}", tensor)
+        out[key] = tensor.to(want) if not want.is_floating_point else tensor
+    return out
+
+
+def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Rebuild a model saved by ``save_pretrained``; weights loaded strictly from safetensors, in eval mode.
+
+    Every floating-point parameter and buffer is cast to ``dtype`` (default ``torch.float32``), whatever dtype
+    the file stores it in, so a file that mixes float16 and float32 tensors gives a model of one dtype. Integer
+    or bool tensors where the model expects floats and NaN or infinite weights are a
+    :class:`~perceivers.core.errors.ConfigError` naming the tensor (and the position of the first bad value).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _check_dtype_argument(dtype)
     model_type, config_dict = read_config(directory)
     cls = MODEL_TYPES[model_type]
     config = cls.config_class.from_dict(config_dict)
@@ -121,5 +164,5 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
     state = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
     with torch.device("meta"):
         model = cls(config)
-    load_state_dict_strict(model, state, source=str(weights))
-    return model.eval()
+    load_state_dict_strict(model, state, source=str(weights), dtype=dtype)
+    return model.to(dtype=dtype).eval()  # derived (non-persistent) float buffers too
