@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 
 
 def _worker(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, WORKER, *args], env=_env(), capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, WORKER, *args], env=_env(), capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
