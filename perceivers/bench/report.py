@@ -134,3 +134,51 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path | 
     atomic_write(folder / "bench.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     png = folder / "bench.png"
     return {"json": folder / "bench.json", "markdown": folder / "bench.md", "png": png if plot(results, png) else None}
+
+
+def ar_table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per implementation of an AR bench: prompt pass, tokens/s with and without it, ratios (ours / theirs:
+    > 1 means we are faster) and per-token flatness."""
+    ours = next((c for c in results["cases"] if c["impl"] == "ours" and "tokens_per_s" in c), None)
+    rows = []
+    for case in results["cases"]:
+        if "tokens_per_s" not in case:
+            reason = case.get("unavailable") or f"failed: {case.get('error')}"
+            rows.append([case["impl"], reason.replace("|", "/")] + ["—"] * 8)
+            continue
+        total = ratio(ours["tokens_per_s"], case["tokens_per_s"]) if ours else None
+        decode = ratio(ours["decode_tokens_per_s"], case["decode_tokens_per_s"]) if ours else None
+        rows.append([case["impl"], f"{case['params']:,}", f"{case['prefill_s']:.2f}", f"{case['tokens_per_s']:.1f}",
+                     _fmt(total, ".2f", "x"), f"{case['decode_tokens_per_s']:.1f}", _fmt(decode, ".2f", "x"),
+                     f"{case['ms_per_token_start']:.1f}", f"{case['ms_per_token_end']:.1f}",
+                     f"{case['end_over_start']:.2f}"])
+    return rows
+
+
+def format_ar_table(results: dict[str, Any]) -> str:
+    """The markdown report of ``perceivers bench --ar``."""
+    s, machine = results["settings"], results["machine"]
+    lines = [(f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}; "
+              f"{results.get('date', '')}."),
+             (f"Perceiver AR greedy generation, batch 1, fp32: {s['new_tokens']} new tokens after a {s['prompt_len']}-"
+              f"token prompt, {s['latents']} latents x {s['channels']} channels, {s['layers']} layers, {s['heads']} "
+              f"heads; fastest of {s['rounds']} round(s), each implementation in its own process; lucidrains (no "
+              f"cache) timed on its first {s['lucidrains_tokens']} tokens."),
+             ("Ratio = our tokens/s / theirs (> 1: we are faster); start / end = mean ms per token over the first / "
+             f"last {s['window']} steps."),
+             "",
+             ("| impl | params | prompt pass (s) | tokens/s (all) | ratio | tokens/s (decoding) | ratio | ms/token "
+             "start | ms/token end | end/start |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(row) + " |" for row in ar_table_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def write_ar_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """``out/bench_ar.json`` and ``out/bench_ar.md``, each written atomically; the folder is created."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "bench_ar.json", results)
+    text = format_ar_table(results)
+    atomic_write(folder / "bench_ar.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return {"json": folder / "bench_ar.json", "markdown": folder / "bench_ar.md"}

@@ -200,3 +200,34 @@ def describe(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"failed ({result['error']})"
     return f"{result['median_s']:.3f} s, peak RSS {result['peak_rss_mib']:.0f} MiB"
+
+
+def run_ar_bench(size: str, impls: tuple[str, ...], threads: int | None, rounds: int = 1, timeout_s: int = 1800,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``perceivers bench --ar``: every implementation of :mod:`perceivers.bench.ar` in its own process, ``rounds``
+    times in turn; each keeps its fastest round (highest tokens/s, prompt pass included)."""
+    from perceivers.bench.ar import AR_IMPLS, AR_SPECS
+
+    check_choice("size", size, tuple(AR_SPECS))
+    for impl in impls:
+        check_choice("impls", impl, AR_IMPLS)
+    say = progress or (lambda line: None)
+    tries: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for r in range(rounds):
+        for impl in impls:
+            start = time.perf_counter()
+            argv = [sys.executable, "-m", "perceivers.bench.ar", "--impl", impl, "--size", size,
+                    "--threads", str(threads or 0)]
+            result = {"impl": impl, **run_worker(argv, timeout_s)}
+            tries[impl].append(result)
+            text = (f"{result['tokens_per_s']:.1f} tokens/s ({result['decode_tokens_per_s']:.1f} decoding)"
+                    if "tokens_per_s" in result else describe(result))
+            say(f"[round {r + 1}/{rounds}] AR {impl}: {text} ({time.perf_counter() - start:.0f} s)")
+    cases = []
+    for impl, results in tries.items():
+        timed = [t for t in results if "tokens_per_s" in t]
+        cases.append(max(timed, key=lambda t: t["tokens_per_s"]) if timed else results[0])
+    machine = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}
+    return {"kind": "ar", "settings": {"size": size, "impls": list(impls), "rounds": rounds, **AR_SPECS[size].to_dict()},
+            "machine": machine, "cases": cases, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -25,8 +25,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="M = 1k, 4k, 2 repeats, 1024^3 peak matmul (a few minutes)")
     p.add_argument("--m", default=None, metavar="M[,M...]",
                    help="input lengths, e.g. 1024,4096 or 1k,4k (default 1k,4k,16k,64k; --quick 1k,4k)")
-    p.add_argument("--impls", default="ours,transformers,lucidrains,krasserm", metavar="NAME[,NAME...]",
-                   help="implementations (default: all four)")
+    p.add_argument("--impls", default=None, metavar="NAME[,NAME...]",
+                   help="implementations (default: all: ours, transformers, lucidrains, krasserm; with --ar: ours, "
+                        "krasserm, lucidrains)")
+    p.add_argument("--ar", action="store_true",
+                   help="Perceiver AR greedy generation instead: tokens/s after a 4,096-token prompt (--quick: 1,024), "
+                        "ours vs krasserm (cached, perceiver-io 0.11) and lucidrains perceiver-ar-pytorch (no cache); "
+                        "takes --quick, --impls, --threads, --rounds, --timeout and --out")
     p.add_argument("--modes", default="train,infer", metavar="MODE[,MODE]", help="train and/or infer (default both)")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (torch.autocast for everyone)")
     p.add_argument("--threads", default=None, help="torch CPU threads per case (default: torch's choice)")
@@ -78,7 +83,7 @@ def settings_from_args(args: argparse.Namespace):
         device = None
     if device is None or (device.type == "cuda" and not torch.cuda.is_available()):
         fail("--device", args.device, "cpu, or cuda on a machine with a CUDA device")
-    values = {"impls": parse_list("--impls", args.impls, IMPLS), "modes": parse_list("--modes", args.modes, MODES),
+    values = {"impls": parse_list("--impls", args.impls or ",".join(IMPLS), IMPLS), "modes": parse_list("--modes", args.modes, MODES),
               "precision": args.precision, "warmup": parse_int("--warmup", args.warmup, minimum=0),
               "rounds": parse_int("--rounds", args.rounds),
               "batch_train": parse_int("--batch-train", args.batch_train),
@@ -96,18 +101,21 @@ def settings_from_args(args: argparse.Namespace):
     return BenchSettings.quick(**values) if args.quick else BenchSettings(**values)
 
 
+def progress(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from perceivers.bench.report import format_table, write_outputs
     from perceivers.bench.runner import run_bench
 
+    if args.ar:
+        return cmd_bench_ar(args)
     settings = settings_from_args(args)
     with user_input("--out"):
         Path(args.out).mkdir(parents=True, exist_ok=True)
-
-    def progress(line: str) -> None:
-        print(line, flush=True)
 
     results = run_bench(settings, progress)
     print()
@@ -118,4 +126,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("no PNG: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
     else:
         print(f"wrote {written['png']}")
+    return 0
+
+
+def cmd_bench_ar(args: argparse.Namespace) -> int:
+    """``perceivers bench --ar``: the generation bench of :mod:`perceivers.bench.ar`."""
+    from pathlib import Path
+
+    from perceivers.bench.ar import AR_IMPLS
+    from perceivers.bench.report import format_ar_table, write_ar_outputs
+    from perceivers.bench.runner import run_ar_bench
+
+    impls = parse_list("--impls", args.impls or ",".join(AR_IMPLS), AR_IMPLS)
+    threads = None if args.threads is None else parse_int("--threads", args.threads)
+    rounds, timeout = parse_int("--rounds", args.rounds), parse_int("--timeout", args.timeout)
+    with user_input("--out"):
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    results = run_ar_bench("quick" if args.quick else "bench", impls, threads, rounds, timeout, progress)
+    print()
+    print(format_ar_table(results), end="")
+    written = write_ar_outputs(results, args.out)
+    print(f"wrote {written['json']} and {written['markdown']}", flush=True)
     return 0

@@ -27,6 +27,8 @@ BAD = [
     (["--repeats", "two"], "--repeats='two' is invalid"),
     (["--warmup", "-1"], "--warmup=-1 is invalid"),
     (["--device", "tpu:x"], "--device='tpu:x' is invalid"),
+    (["--ar", "--impls", "transformers"], "--impls='transformers' is invalid"),  # no Perceiver AR there
+    (["--ar", "--rounds", "0"], "--rounds=0 is invalid"),
 ]
 
 

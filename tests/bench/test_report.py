@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from perceivers.bench.report import (
+    ar_table_rows,
+    format_ar_table,
     format_table,
     percent_of_peak,
     ratio,
@@ -57,3 +59,20 @@ def test_table_says_when_bf16_is_not_fast(tmp_path):
     written = write_outputs(results(CASES), tmp_path / "out")
     assert json.loads(written["json"].read_text())["cases"][0]["impl"] == "ours"
     assert written["markdown"].read_text() == text
+
+
+def test_ar_rows_give_our_tokens_per_second_over_theirs():
+    def ar(impl, total, decode, start=10.0, end=12.0):
+        return {"impl": impl, "params": 100, "prefill_s": 0.5, "tokens_per_s": total, "decode_tokens_per_s": decode,
+                "ms_per_token_start": start, "ms_per_token_end": end, "end_over_start": end / start}
+
+    results = {"settings": {"new_tokens": 8, "prompt_len": 64, "latents": 8, "channels": 16, "layers": 1, "heads": 2,
+                            "rounds": 1, "lucidrains_tokens": 3, "window": 2},
+               "machine": {"cpu": "Test CPU", "threads": 1, "torch": "2.x"},
+               "cases": [ar("ours", 90.0, 100.0), ar("krasserm", 30.0, 50.0, 20.0, 20.0),
+                         {"impl": "lucidrains", "unavailable": "not installed"}]}
+    rows = ar_table_rows(results)
+    assert rows[0] == ["ours", "100", "0.50", "90.0", "1.00x", "100.0", "1.00x", "10.0", "12.0", "1.20"]
+    assert rows[1][3:7] == ["30.0", "3.00x", "50.0", "2.00x"] and rows[1][-1] == "1.00"
+    assert rows[2] == ["lucidrains", "not installed"] + ["—"] * 8
+    assert "| impl | params | prompt pass (s) |" in format_ar_table(results)

@@ -29,3 +29,18 @@ def test_a_crashing_worker_is_one_error_line():
     result = run_worker(worker_argv(TINY, {"impl": "ours", "mode": "train", "m": 12})[:3] + ["--impl", "nope"],
                         timeout_s=60)
     assert result["error"].startswith("exit status 2: ") and "invalid choice: 'nope'" in result["error"]
+
+
+def test_ar_worker_returns_sane_json():
+    import sys
+
+    from perceivers.bench.ar import AR_SPECS
+
+    argv = [sys.executable, "-m", "perceivers.bench.ar", "--impl", "ours", "--size", "tiny", "--threads", "1"]
+    result = run_worker(argv, timeout_s=120)
+    assert "error" not in result and "unavailable" not in result, result
+    spec = AR_SPECS["tiny"]
+    assert result["impl"] == "ours" and result["prompt_len"] == spec.prompt_len
+    assert result["timed_tokens"] == spec.new_tokens and result["decode_tokens"] == spec.new_tokens - 1
+    assert result["tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0 and result["prefill_s"] > 0
+    assert result["params"] > 0 and result["end_over_start"] > 0
