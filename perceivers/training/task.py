@@ -92,8 +92,10 @@ class Task(ABC):
         """Held-out metrics of the plain (unwrapped) model; called on rank 0 only."""
 
     def fits(self, config: Any) -> bool:
-        """Whether a model of ``config`` is one this task trains and can evaluate; default: any model."""
-        return True
+        """Whether a model of ``config`` is one this task trains and can evaluate; default: a config of the class of
+        the registered ``model`` setting's (any model for a task without one)."""
+        name = self.settings().get("model")
+        return not (isinstance(name, str) and name in list_models()) or type(config) is type(get_config(name))
 
     def for_model(self, model: nn.Module) -> Task:
         """The task that evaluates a loaded ``model`` (``perceivers eval RECIPE``, which then calls :meth:`evaluate`).
@@ -103,7 +105,10 @@ class Task(ABC):
         (its context, its latents); default: this task."""
         config = getattr(model, "config", None)
         if not self.fits(config):
-            raise ConfigError(f"this checkpoint is a {model_kind(config)}; eval {self.name} needs a {self.model_kind}")
+            needs = self.model_kind
+            if needs == Task.model_kind and isinstance(self.settings().get("model"), str):
+                needs = f"model like the registered {self.settings()['model']!r}"
+            raise ConfigError(f"this checkpoint is a {model_kind(config)}; eval {self.name} needs a {needs}")
         return self
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:

@@ -101,3 +101,28 @@ def test_eval_hip_mae_reads_natural_crops_for_an_rgb_model(tmp_path, capsys):
     printed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     assert float(printed["num_test_images"]) == 6
     assert float(printed["test_masked_mse"]) == pytest.approx(expected["test_masked_mse"], rel=1e-5)
+
+
+def test_a_task_without_its_own_check_refuses_another_family(folders):
+    """``Task.fits`` by default compares the config class with the registered ``model`` setting's."""
+    from dataclasses import dataclass
+
+    from perceivers.core.errors import ConfigError
+    from perceivers.models import from_pretrained
+    from perceivers.training.task import Task
+
+    @dataclass(frozen=True, kw_only=True)
+    class Plain(Task):
+        name = "plain"
+        model: str = "perceiver-io-digits"
+
+        def build_model(self): ...
+        def train_dataset(self, seed): ...
+        def training_loss(self, model, batch): ...
+        def evaluate(self, model): ...
+
+    io, ar = (from_pretrained(folders[n]) for n in ("perceiver-io-language-debug", "perceiver-ar-debug"))
+    assert Plain().for_model(io) == Plain()
+    with pytest.raises(ConfigError, match=r"^this checkpoint is a Perceiver AR .*; eval plain needs a model like the "
+                                          r"registered 'perceiver-io-digits'$"):
+        Plain().for_model(ar)
