@@ -29,6 +29,7 @@ from perceivers import __version__
 from perceivers.cli.bench import add_bench, cmd_bench
 from perceivers.cli.common import load_model, set_threads, user_input
 from perceivers.cli.convert import add_convert, cmd_convert
+from perceivers.cli.export import add_export, cmd_export
 from perceivers.core.errors import ConfigError, UserError
 from perceivers.core.validation import check_int, fail
 
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_models(sub)
     add_convert(sub)
+    add_export(sub)
     _add_generate(sub)
     _add_fill_mask(sub)
     add_bench(sub)
@@ -344,7 +346,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": functools.partial(cmd_train, extra=extra), "plot": cmd_plot,
                 "eval": functools.partial(cmd_eval, extra=extra), "models": cmd_models, "generate": cmd_generate,
-                "convert": cmd_convert, "fill-mask": cmd_fill_mask, "bench": cmd_bench}
+                "convert": cmd_convert, "export": cmd_export, "fill-mask": cmd_fill_mask, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UserError as exc:  # anything else is a bug and keeps its traceback (see the module docstring)
