@@ -128,3 +128,33 @@ def test_descriptions_are_sentences_with_true_counts():
         quoted = re.findall(r"(\d{1,3}(?:,\d{3})+)\s+params", text) + re.findall(r"\d{1,3}(?:,\d{3}){2,}", text)
         for number in quoted:
             assert int(number.replace(",", "")) == count, (name, number, count)
+
+
+def test_a_real_ctrl_c_while_loading_is_one_line():
+    """SIGINT delivered while the command loads its model (here: a load that waits) ends with `interrupted`, 130."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    import perceivers
+
+    script = ("import sys, time\n"
+              "import perceivers.cli.main as cli\n"
+              "def slow(*args, **kwargs):\n"
+              "    print('loading', file=sys.stderr, flush=True)\n"
+              "    time.sleep(120)\n"
+              "cli.load_model = slow\n"
+              "raise SystemExit(cli.main(['eval', 'digits', '--checkpoint', 'anywhere']))\n")
+    root = str(Path(perceivers.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stderr.readline() == "loading\n"
+        child.send_signal(signal.SIGINT)
+        err = child.stderr.read()
+        assert child.wait(timeout=120) == 130
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert err == "interrupted\n", err
