@@ -24,11 +24,14 @@ The official Perceiver IO tokenizer adds no special tokens; HF adds ``[CLS] ... 
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from perceivers.core.errors import ConfigError, ConfigTypeError
 
 PAD_ID, BOS_ID, EOS_ID, MASK_ID, CLS_ID, SEP_ID = range(6)
 NUM_SPECIAL = 6
@@ -42,8 +45,29 @@ AR_BYTE_OFFSET = 3
 AR_VOCAB_SIZE = 256 + AR_BYTE_OFFSET
 
 
+_IDS_EXPECTED = "a sequence of ints or a 1-D integer tensor"
+
+
 def _ids(ids: Sequence[int] | Tensor) -> list[int]:
-    return ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    """``ids`` as a list of ints; ``ConfigTypeError`` / ``ConfigError`` naming ``ids`` for anything else (None, a
+    str, floats, bools, nested lists, a 2-D tensor: decode one sequence at a time)."""
+    if isinstance(ids, Tensor):
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise ConfigTypeError(f"ids must be {_IDS_EXPECTED}, got a tensor of dtype {ids.dtype}")
+        if ids.dim() != 1:
+            raise ConfigError(f"ids must be {_IDS_EXPECTED}, got a tensor of shape {tuple(ids.shape)} "
+                              "(decode one row at a time)")
+        return ids.tolist()
+    if hasattr(ids, "tolist") and not isinstance(ids, (list, tuple)):  # a numpy array
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, range)):
+        raise ConfigTypeError(f"ids must be {_IDS_EXPECTED}, got {type(ids).__name__}")
+    values = []
+    for pos, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise ConfigTypeError(f"ids[{pos}] must be an int, got {type(i).__name__} {i!r:.40}")
+        values.append(int(i))
+    return values
 
 
 class BytesTokenizer:
@@ -75,11 +99,12 @@ class BytesTokenizer:
         return [CLS_ID, *ids, SEP_ID] if add_special_tokens else ids
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Ids -> text: special ids (< 6) are dropped, invalid UTF-8 becomes U+FFFD."""
+        """Ids (a sequence of ints or a 1-D integer tensor) -> text: special ids (< 6) are dropped, invalid UTF-8
+        becomes U+FFFD; an id outside ``[0, 262)`` or a value that is not an int is an error naming ``ids``."""
         values = _ids(ids)
         bad = [i for i in values if not 0 <= i < VOCAB_SIZE]
         if bad:
-            raise ValueError(f"ids must be in [0, {VOCAB_SIZE}), got {bad[:5]}")
+            raise ConfigError(f"ids must be in [0, {VOCAB_SIZE}), got {bad[:5]}")
         return bytes(i - NUM_SPECIAL for i in values if i >= NUM_SPECIAL).decode("utf-8", errors="replace")
 
     def batch(self, texts: Sequence[str | bytes], *, add_special_tokens: bool = False,
@@ -117,6 +142,7 @@ class ARBytesTokenizer:
         return ([AR_SOS_ID] if sos else []) + [b + AR_BYTE_OFFSET for b in data] + ([AR_EOS_ID] if eos else [])
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
-        """Ids -> text: special ids (< 3) and ids beyond the vocabulary are dropped, invalid UTF-8 becomes U+FFFD."""
+        """Ids (a sequence of ints or a 1-D integer tensor) -> text: special ids (< 3) and ids beyond the vocabulary
+        are dropped, invalid UTF-8 becomes U+FFFD; a value that is not an int is an error naming ``ids``."""
         data = bytes(i - AR_BYTE_OFFSET for i in _ids(ids) if AR_BYTE_OFFSET <= i < AR_VOCAB_SIZE)
         return data.decode("utf-8", errors="replace")

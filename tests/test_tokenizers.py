@@ -6,9 +6,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 import perceivers.tokenizers as tk
+from perceivers.core.errors import ConfigError, ConfigTypeError
 from perceivers.tokenizers import ARBytesTokenizer, BytesTokenizer
 
 
@@ -45,3 +48,27 @@ def test_tokenizers_import_only_the_core():
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     ours = {m for m in imported if m.split(".")[0] == "perceivers"}
     assert all(m == "perceivers.core" or m.startswith("perceivers.core.") for m in ours), ours
+
+
+_BAD_DECODE_INPUTS = [None, "abc", b"ab", 3, True, [1, "a"], [1.5], [True, 7], [[1, 2], [3, 4]], [1, None],
+                      torch.rand(3), torch.tensor([True]), torch.tensor([[7, 8]]), torch.tensor(7)]
+
+
+@pytest.mark.parametrize("tokenizer", [BytesTokenizer(), ARBytesTokenizer()], ids=["io", "ar"])
+@pytest.mark.parametrize("ids", _BAD_DECODE_INPUTS, ids=[repr(v)[:20] for v in _BAD_DECODE_INPUTS])
+def test_decode_of_a_bad_type_names_ids(tokenizer, ids):
+    with pytest.raises((ConfigError, ConfigTypeError), match=r"ids(\[\d+\])? must be"):
+        tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("ids", [[7, 8], (7, 8), range(7, 9), torch.tensor([7, 8], dtype=torch.int8),
+                                 torch.tensor([7, 8], dtype=torch.uint8), np.array([7, 8]), [np.int64(7), 8]],
+                         ids=["list", "tuple", "range", "int8", "uint8", "numpy", "numpy-ints"])
+def test_decode_accepts_every_integer_sequence(ids):
+    assert BytesTokenizer().decode(ids) == "\x01\x02"
+    assert ARBytesTokenizer().decode(ids) == "\x04\x05"
+
+
+def test_io_decode_refuses_ids_outside_the_vocabulary():
+    with pytest.raises(ConfigError, match=r"ids must be in \[0, 262\), got \[300\]"):
+        BytesTokenizer().decode([7, 300])
