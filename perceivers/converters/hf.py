@@ -53,7 +53,7 @@ from perceivers.converters.hf_multimodal import (
     multimodal_config_to_hf,
 )
 from perceivers.core.errors import ConfigError, ConfigTypeError
-from perceivers.core.files import read_json_object
+from perceivers.core.files import read_json_object, safe_torch_load
 from perceivers.decoders import DecoderConfig
 from perceivers.encoders import EncoderConfig
 from perceivers.models.hub import (
@@ -305,18 +305,6 @@ def ours_config_to_hf(config: PerceiverIOConfig) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- files
 
-#: Lines of torch.load's refusal that advise loading the file unsafely: never passed on to the user.
-_UNSAFE_ADVICE = ("weights_only", "trusted source", "safe_globals", "torch.load", "arbitrary code")
-
-
-def torch_load_refusal(exc: BaseException) -> str:
-    """The reason in ``torch.load(weights_only=True)``'s refusal, one line, without torch's advice to retry with
-    unsafe loading (which could run code from the file)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    kept = [ln for ln in lines if not any(a in ln for a in _UNSAFE_ADVICE)]
-    return " ".join(kept) or "it is not a plain tensor pickle"
-
-
 def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(config dict, state dict)`` of an HF folder; never unpickles arbitrary objects."""
     from safetensors import SafetensorError
@@ -336,11 +324,10 @@ def read_hf_folder(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         except (SafetensorError, OSError, ValueError) as exc:
             raise ConfigError(f"{weights} is not a readable safetensors file: {exc}") from exc
     elif legacy.is_file():
-        try:  # weights_only: plain tensors and containers only, no arbitrary code
-            state = torch.load(str(legacy), map_location="cpu", weights_only=True)
-        except Exception as exc:  # any refusal is reported the same way
-            raise ConfigError(f"{legacy} was refused: {torch_load_refusal(exc)}; perceivers reads only plain "
-                              f"tensors from a pickle (re-save the weights as {WEIGHTS_NAME})") from exc
+        try:  # weights_only: plain tensors and containers only, no arbitrary code; never torch's unsafe advice
+            state = safe_torch_load(legacy)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (re-save the weights as {WEIGHTS_NAME})") from None
         if not isinstance(state, dict):
             raise ConfigError(f"{legacy} does not hold a state dict")
     else:
