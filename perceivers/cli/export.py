@@ -16,8 +16,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                        description="Trace the model on its example inputs and write an ONNX file (opset 17 by "
                                    "default; needs onnx: pip install 'perceivers[onnx]'). Batch is dynamic; the byte "
                                    "length of text models is dynamic up to max_seq_len. Perceiver IO classifiers, "
-                                   "MLM, text classifier, flow, audio and HiP; not Perceiver AR or the multimodal "
-                                   "autoencoder.")
+                                   "MLM, text classifier, flow, audio, multimodal (explicit masks) and HiP; not "
+                                   "Perceiver AR.")
     o.add_argument("model_dir", help="our model folder (or a Hub id owner/name)")
     o.add_argument("out", help="output .onnx file (written atomically)")
     o.add_argument("--opset", type=int, default=None, help="ONNX opset, 14-20 (default 17)")

@@ -13,11 +13,13 @@ byte length of the text models (MLM and text classifier; axis 1 of ``input_ids``
 dynamic up to the model's ``max_seq_len`` (its position table); other input sizes (image size, frames, HiP
 modality lengths) are fixed by the position encodings and group plans they were traced with.
 
+The multimodal autoencoder takes every modality and its explicit ``mask`` (True = replaced by the mask token);
+all modalities are required in the graph.
+
 Not supported, with a :class:`~perceivers.core.errors.ConfigError`: Perceiver AR (causal generation needs a
-cache the graph does not carry), the multimodal autoencoder (its inputs are checked with Python values that a
-trace cannot carry; random masking cannot be exported), optional arguments (``query_mask``,
-``subsampled_output_points``, ``mask_probs``, ``generator``), models of 2 GiB or more (ONNX's protobuf limit),
-and non-float32 weights. The file is written atomically (:func:`perceivers.core.files.atomic_write`).
+cache the graph does not carry), random masking (``mask_probs`` without an explicit mask: the export checks that
+the traced path gives the model's outputs), optional arguments (``query_mask``, ``subsampled_output_points``,
+``mask_probs``, ``generator``), models of 2 GiB or more (ONNX's protobuf limit), and non-float32 weights. The file is written atomically (:func:`perceivers.core.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -34,14 +36,13 @@ from torch import Tensor, nn
 from perceivers.core.errors import ConfigError
 from perceivers.core.files import atomic_write
 from perceivers.core.validation import check_int, fail
+from perceivers.models.perceiver_io import PerceiverIOMultimodal
 
 #: The ONNX opset written (the TorchScript exporter's tested range ends at 20; 17 has LayerNormalization).
 OPSET = 17
 #: Model classes the exporter refuses, with the reason.
 UNSUPPORTED = {
     "PerceiverAR": "Perceiver AR decodes with a key/value cache that an ONNX graph does not carry",
-    "PerceiverIOMultimodal": "the multimodal autoencoder checks its inputs with Python values a trace cannot carry "
-                             "and masks at random",
 }
 _MAX_BYTES = 2 * 1024**3
 
@@ -79,14 +80,24 @@ def flatten_outputs(out: Tensor | Mapping[str, Any], prefix: str = "") -> dict[s
 
 
 class _Flat(nn.Module):
-    """``model`` with positional tensor inputs and a tuple of tensor outputs (what the exporter traces)."""
+    """``model`` with positional tensor inputs and a tuple of tensor outputs (what the exporter traces).
+
+    The multimodal autoencoder is called through its parts (preprocessor with the explicit ``mask``, encoder,
+    ``forward_head``): its ``forward`` first checks the inputs with Python values (batch sizes as a set) that a
+    trace cannot carry. :func:`export_onnx` checks that both paths agree on the example inputs."""
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         super().__init__()
         self.model, self.names = model, names
 
     def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
-        return tuple(flatten_outputs(self.model(**_nest(self.names, tensors))).values())
+        kwargs = _nest(self.names, tensors)
+        if isinstance(self.model, PerceiverIOMultimodal):
+            tokens, _, _ = self.model.preprocessor(kwargs["inputs"], mask=kwargs.get("mask"))
+            out = self.model.forward_head(self.model.encoder(tokens))
+        else:
+            out = self.model(**kwargs)
+        return tuple(flatten_outputs(out).values())
 
 
 def check_exportable(model: nn.Module) -> None:
@@ -94,7 +105,7 @@ def check_exportable(model: nn.Module) -> None:
     name = type(model).__name__
     if name in UNSUPPORTED:
         raise ConfigError(f"cannot export a {name} to ONNX: {UNSUPPORTED[name]}; supported: Perceiver IO "
-                          f"classifiers, MLM and text classifier, flow, audio, and HiP")
+                          f"classifiers, MLM and text classifier, flow, audio, multimodal, and HiP")
     if not hasattr(model, "example_inputs"):
         raise ConfigError(f"cannot export a {name} to ONNX: expected a perceivers model")
     params = list(model.parameters())
@@ -133,9 +144,14 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, opset: int = OPSET,
     kwargs = model.example_inputs(batch_size, generator=torch.Generator().manual_seed(0))
     inputs = flatten_inputs(kwargs)
     names = list(inputs)
-    with torch.no_grad():
-        output_names = list(flatten_outputs(model(**kwargs)))
     flat = _Flat(model, names).eval()
+    with torch.no_grad():
+        expected = flatten_outputs(model(**kwargs))
+        traced_path = flat(*inputs.values())
+    if not all(torch.equal(a, b) for a, b in zip(expected.values(), traced_path, strict=True)):
+        raise ConfigError(f"cannot export this {type(model).__name__} to ONNX: its outputs depend on random masking "
+                          "(give every masked modality a mask token, or export a model without mask_probs)")
+    output_names = list(expected)
     out = Path(out)
 
     def write(tmp: str) -> None:
