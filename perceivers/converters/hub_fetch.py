@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -133,18 +132,18 @@ def resolve_model_folder(name_or_path: str | os.PathLike, revision: str | None =
 
 
 def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                    device: str | torch.device = "cpu", hf_compat: bool = False,
-                    undo_hf_kernel_transpose: bool = False, **load_kwargs: Any) -> nn.Module:
-    """A model (eval mode) from a local folder or a Hub id, in our format or ``transformers``' (see the module
-    docstring). ``hf_compat`` / ``undo_hf_kernel_transpose`` apply to ``transformers`` folders
-    (:func:`~perceivers.converters.hf.convert_hf_folder`); ``load_kwargs`` go to our folder loader."""
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, hf_compat: bool = False,
+                    undo_hf_kernel_transpose: bool = False) -> nn.Module:
+    """A model (eval mode, on ``device``, floating tensors in ``dtype``) from a local folder or a Hub id, in our
+    format or ``transformers``' (see the module docstring). ``hf_compat`` / ``undo_hf_kernel_transpose`` apply to
+    ``transformers`` folders (:func:`~perceivers.converters.hf.convert_hf_folder`)."""
     folder = resolve_model_folder(name_or_path, revision)
     if not folder.is_dir() or folder_format(folder) == "perceivers":
         if hf_compat or undo_hf_kernel_transpose:
             raise ConfigError(f"hf_compat / undo_hf_kernel_transpose apply to transformers folders; {folder} is a "
                               "perceivers folder")
-        return load_folder(folder, device=device, **load_kwargs)
-    if load_kwargs:
-        raise ConfigError(f"{sorted(load_kwargs)} apply to perceivers folders; {folder} is a transformers folder")
+        return load_folder(folder, device=device, dtype=dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"dtype={dtype!r} is invalid: expected a floating torch.dtype such as torch.float32")
     model = convert_hf_folder(folder, hf_compat=hf_compat, undo_hf_kernel_transpose=undo_hf_kernel_transpose)
-    return model.to(device)
+    return model.to(device=device, dtype=dtype)

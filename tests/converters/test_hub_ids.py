@@ -100,6 +100,10 @@ def test_from_pretrained_hub_id_converts_transformers_folders(hub):
     faithful = perceivers.from_pretrained("deepmind/language-perceiver")  # official semantics by default
     assert faithful.config.activation == "gelu_tanh"
     assert torch.equal(_mlm_logits(faithful, hf=False), _mlm_logits(convert_hf_folder(snapshot), hf=False))
+    doubled = perceivers.from_pretrained("deepmind/language-perceiver", dtype=torch.float64)
+    assert {p.dtype for p in doubled.parameters()} == {torch.float64}
+    with pytest.raises(ValueError, match="dtype=torch.int64 is invalid"):
+        perceivers.from_pretrained("deepmind/language-perceiver", dtype=torch.int64)
 
 
 def test_from_pretrained_hub_id_in_our_format_and_local_folders(hub, tmp_path):
