@@ -11,6 +11,8 @@ The folder's ``config.json`` decides the format: ours (``{"model_type", "format_
 :func:`perceivers.models.hub.from_pretrained` exactly as before; a ``transformers`` Perceiver (``"model_type":
 "perceiver"``, one class in ``architectures``) goes through :func:`perceivers.converters.hf.convert_hf_folder`
 (official semantics unless ``hf_compat``). An existing local path always wins over a Hub id of the same spelling.
+A file path or a URL is an official Perceiver IO Haiku parameter file (``.pickle`` / ``.pystate``): it is converted
+with :func:`perceivers.converters.haiku.convert_haiku_file` (a URL is downloaded once into the perceivers cache).
 See docs/checkpoints.md, "Hub ids".
 """
 
@@ -23,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from perceivers.converters.haiku import convert_haiku_file
+from perceivers.converters.haiku_fetch import is_url
 from perceivers.converters.hf import convert_hf_folder
 from perceivers.core.errors import ConfigError
 from perceivers.core.files import interrupted_saves, read_json_object
@@ -137,6 +141,13 @@ def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
     """A model (eval mode, on ``device``, floating tensors in ``dtype``) from a local folder or a Hub id, in our
     format or ``transformers``' (see the module docstring). ``hf_compat`` / ``undo_hf_kernel_transpose`` apply to
     ``transformers`` folders (:func:`~perceivers.converters.hf.convert_hf_folder`)."""
+    if is_url(name_or_path) or Path(name_or_path).is_file():  # an official Perceiver IO parameter file
+        if revision is not None or hf_compat or undo_hf_kernel_transpose:
+            raise ConfigError(f"revision / hf_compat / undo_hf_kernel_transpose apply to model folders and Hub ids; "
+                              f"{os.fspath(name_or_path)!r} is a parameter file")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ConfigError(f"dtype={dtype!r} is invalid: expected a floating torch.dtype such as torch.float32")
+        return convert_haiku_file(name_or_path).to(device=device, dtype=dtype)
     folder = resolve_model_folder(name_or_path, revision)
     if not folder.is_dir() or folder_format(folder) == "perceivers":
         if hf_compat or undo_hf_kernel_transpose:
