@@ -50,3 +50,29 @@ def test_user_install_pulls_no_test_or_development_tools():
 def test_torch_range_stays_open():
     torch_req = next(r for r in PROJECT["dependencies"] if r.lower().startswith("torch"))
     assert ">=" in torch_req and "==" not in torch_req and "<" not in torch_req
+
+
+def test_import_and_command_line_start_without_torch():
+    """``import perceivers`` and the command line's module import no torch, so a Ctrl-C while the command starts
+    falls inside ``main()`` (one line, exit 130) rather than inside an import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, perceivers, perceivers.cli.main\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_public_names_resolve_lazily():
+    for name in perceivers.__all__:
+        assert getattr(perceivers, name) is not None, name
+    assert set(perceivers.__all__) <= set(dir(perceivers))
+    from perceivers.models.hip.model import HiP
+
+    assert perceivers.HiP is HiP
+    try:
+        perceivers.NoSuchName  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchName" in str(exc)
+    else:
+        raise AssertionError("an unknown attribute must raise AttributeError")
