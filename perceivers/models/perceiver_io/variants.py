@@ -98,6 +98,7 @@ def perceiver_io_digits() -> PerceiverIOConfig:
     return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=decoder)
 
 
+
 @register_model("perceiver-io-mnist", model_cls=PerceiverIO, num_parameters=462_876)
 def perceiver_io_mnist() -> PerceiverIOConfig:
     """Small Perceiver IO for 28x28 MNIST (``perceivers train mnist``): 784 pixel tokens, each a 1x1-conv embedding
@@ -163,6 +164,17 @@ def perceiver_io_language_debug() -> PerceiverIOConfig:
     return PerceiverIOConfig(preprocessor=text, encoder=encoder, decoder=decoder)
 
 
+@register_model("perceiver-io-mlm-stdlib", model_cls=PerceiverIO, num_parameters=2_162_182)
+def perceiver_io_mlm_stdlib() -> PerceiverIOConfig:
+    """Small masked byte LM of ``perceivers train mlm``: 256 bytes x 128, 64 x 256 latents, 4 layers, 2,162,182."""
+    text = TextPreprocessorConfig(vocab_size=262, num_channels=128, max_seq_len=256)
+    encoder = EncoderConfig(num_latents=64, num_latent_channels=256, num_blocks=1, num_self_attends_per_block=4,
+                            num_cross_attend_heads=4, num_self_attend_heads=4)
+    decoder = DecoderConfig(type="basic", num_outputs=262, output_index_dims=(256,), position_encoding="trainable",
+                            num_query_channels=128, num_heads=4, use_query_residual=False, final_project=False)
+    return PerceiverIOConfig(preprocessor=text, encoder=encoder, decoder=decoder)
+
+
 # ------------------------------------------------------------------------------------------- optical flow
 
 @register_model("perceiver-io-flow", model_cls=PerceiverIO, num_parameters=41_057_134)
@@ -184,6 +196,18 @@ def perceiver_io_flow_debug() -> PerceiverIOConfig:
     encoder = EncoderConfig(num_latents=16, num_latent_channels=32, num_blocks=1, num_self_attends_per_block=2,
                             num_cross_attend_heads=1, num_self_attend_heads=4)
     return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=FlowDecoderConfig(chunk_size=64))
+
+
+@register_model("perceiver-io-flow-small", model_cls=PerceiverIO, num_parameters=527_502)
+def perceiver_io_flow_small() -> PerceiverIOConfig:
+    """Small optical-flow model of ``perceivers train flow``: 32x48 frames, 32-channel patches + 8 Fourier bands,
+    64 x 128 latents, 4 layers: 527,502 params. The head outputs pixels directly (``rescale_factor`` 1, not the
+    official 100 / 20): from its zero initialisation, Adam then reaches pixel-sized flows in tens of steps."""
+    prep = FlowPreprocessorConfig(image_size=(32, 48), num_channels=32, num_bands=8)
+    encoder = EncoderConfig(num_latents=64, num_latent_channels=128, num_blocks=1, num_self_attends_per_block=4,
+                            num_cross_attend_heads=1, num_self_attend_heads=4)
+    decoder = FlowDecoderConfig(rescale_factor=1.0, flow_scale_factor=1.0)
+    return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=decoder)
 
 
 # ------------------------------------------------------------------------------------ multimodal and raw audio
