@@ -18,6 +18,43 @@ from perceivers.core.registry import register_model_type
 from perceivers.models.hub import save_pretrained
 
 
+def check_input_dtype(x: torch.Tensor, name: str, param_dtype: torch.dtype) -> None:
+    """``TypeError`` unless the floating input ``x`` has the parameters' dtype, or, under ``torch.autocast`` on its
+    device, the autocast dtype (autocast mixes those two itself; a float64 input is refused under autocast too)."""
+    allowed = [param_dtype]
+    if torch.is_autocast_enabled(x.device.type):
+        allowed.append(torch.get_autocast_dtype(x.device.type))
+    if x.dtype not in allowed:
+        under = f" or {allowed[1]} (the autocast dtype)" if len(allowed) > 1 else ""
+        raise TypeError(f"{name} dtype is {x.dtype} but the model parameters are {param_dtype}{under}; "
+                        f"convert the inputs (x.to({param_dtype})) or the model")
+
+
+def _first_tensor(values: Any) -> torch.Tensor | None:
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+        if isinstance(v, dict):
+            found = _first_tensor(v.values())
+            if found is not None:
+                return found
+    return None
+
+
+def _refuse_meta_weights(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: a model whose parameters live on the meta device (built with ``device="meta"``) cannot
+    compute on real inputs. Meta inputs stay allowed (shape inference). One parameter is read: no device sync."""
+    p = next(module.parameters(), None)
+    if p is None or not p.is_meta:
+        return
+    x = _first_tensor([*args, *kwargs.values()])
+    if x is not None and not x.is_meta:
+        raise ValueError(f"{type(module).__name__} has its parameters on the meta device (built with device='meta' "
+                         "or from a meta config) and cannot run on real inputs: call model.to_empty(device=...) then "
+                         "model.init_weights(), or load weights (from_pretrained, or load_state_dict(state, "
+                         "assign=True)) first")
+
+
 class PerceiverModel(nn.Module):
     """Base of every model class (a pure single-device ``nn.Module``).
 
@@ -41,6 +78,7 @@ class PerceiverModel(nn.Module):
         if not isinstance(config, self.config_class):
             raise TypeError(f"config must be a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
+        self.register_forward_pre_hook(_refuse_meta_weights, with_kwargs=True)
 
     def init_weights(self) -> None:
         """Apply the official initialisation to every parameter (subclasses implement it)."""

@@ -43,9 +43,31 @@ def get_config(name: str, **overrides: Any) -> Any:
     return config.replace(**overrides) if overrides else config
 
 
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``; ``ConfigTypeError`` / ``ConfigError`` naming ``name`` for what torch does not
+    know or this machine does not have (CUDA without a GPU, ``cuda:3`` on a 2-GPU machine, MPS elsewhere)."""
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigTypeError(f"{name} must be a str or torch.device such as 'cpu' or 'cuda:0', got "
+                              f"{type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{name}={device!r} is not a torch device: expected e.g. 'cpu', 'cuda', 'cuda:1' or "
+                          "'meta'") from exc
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} CUDA devices "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{name}={device!r}: MPS is not available on this machine")
+    return dev
+
+
 def create_model(name: str, *, device: str | torch.device | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model. ``device="meta"`` builds it without allocating parameter memory."""
+    """Build a registered model. ``device="meta"`` builds it without allocating parameter memory; a device this
+    machine does not have is a :class:`~perceivers.core.errors.ConfigError` (see :func:`check_device`)."""
     entry = get_entry(name)
+    if device is not None:
+        check_device(device)
     config = get_config(name, **overrides)
     if device is None:
         return entry.model_cls(config)

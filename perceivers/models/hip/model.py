@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from perceivers.layers.init import init_linear_fan_in, init_trunc_normal, init_zeros
-from perceivers.models.base import PerceiverModel
+from perceivers.models.base import PerceiverModel, check_input_dtype
 from perceivers.models.hip.blocks import (
     GroupPlan,
     HiPBlock,
@@ -120,8 +120,11 @@ class HiPFrontEnd:
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(f"modality {name!r} has batch size {x.shape[0]} but an earlier modality has {batch}")
             batch = x.shape[0]
+            if batch == 0:
+                raise ValueError(f"modality {name!r} must have a non-empty batch, got shape {tuple(x.shape)}")
             if not x.is_floating_point():
                 raise TypeError(f"modality {name!r} must be a floating tensor, got {x.dtype}")
+            check_input_dtype(x, f"modality {name!r}", next(iter(self.embedders.values())).weight.dtype)
         plain = [m for m in names if m not in c.label_modalities]
         labels = [m for m in names if m in c.label_modalities]
         if not plain:

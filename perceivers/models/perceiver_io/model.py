@@ -25,7 +25,7 @@ from perceivers.decoders.multimodal import modality_postprocessors
 from perceivers.encoders import PerceiverEncoder
 from perceivers.layers.attention import check_mask
 from perceivers.layers.init import init_linear_haiku
-from perceivers.models.base import PerceiverModel
+from perceivers.models.base import PerceiverModel, check_input_dtype
 from perceivers.models.perceiver_io.config import PerceiverIOConfig
 from perceivers.models.perceiver_io.legacy import LEGACY_MODEL_TYPES
 from perceivers.preprocessors import build_preprocessor
@@ -112,11 +112,8 @@ class PerceiverIO(PerceiverModel, model_type="perceiver_io"):
         return {"inputs": x.to(ref)}
 
     def check_dtype(self, inputs: Tensor, name: str) -> None:
-        """Floating inputs must match the parameters' dtype (autocast handles mixed dtypes itself)."""
-        dtype = self.encoder.latents.dtype
-        if inputs.dtype != dtype and not torch.is_autocast_enabled(inputs.device.type):
-            raise TypeError(f"{name} dtype is {inputs.dtype} but the model parameters are {dtype}; "
-                            f"convert the inputs (x.to({dtype})) or the model")
+        """Floating inputs must match the parameters' dtype (or the autocast dtype under ``torch.autocast``)."""
+        check_input_dtype(inputs, name, self.encoder.latents.dtype)
 
     def check_input_mask(self, input_mask: Tensor | None, tokens: Tensor, shape: str = "(B, M)") -> None:
         """``input_mask`` is ``None`` or a bool ``(B, M)`` matching ``tokens: (B, M, C)``."""
