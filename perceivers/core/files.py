@@ -106,10 +106,18 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path`` (same folder, so the rename is atomic)."""
+    """Call ``write(tmp_path)`` then fsync and rename onto ``path`` (same folder, so the rename is atomic). The file
+    gets the permissions ``open()`` would give a new file (0o666 less the umask), not ``mkstemp``'s owner-only."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         write(tmp)
@@ -211,6 +219,7 @@ def atomic_folder(directory: str | os.PathLike, writers: dict[str, Callable[[str
         raise NotADirectoryError(f"{path} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    os.chmod(new, 0o777 & ~_umask())  # as mkdir would make it, not mkdtemp's owner-only
     try:
         for name, write in writers.items():
             atomic_write(new / name, write)

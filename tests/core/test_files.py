@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,17 @@ def test_nesting_of_a_real_config_is_accepted(tmp_path):
     path = tmp_path / "ok.json"
     path.write_text(json.dumps({"config": {"encoder": {"sizes": [[1, 2], [3]]}}}))
     assert read_json_object(path)["config"]["encoder"]["sizes"] == [[1, 2], [3]]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Saved files and folders are readable by others as open()/mkdir would make them (umask 022 -> 0o644 /
+    0o755), not tempfile's owner-only 0o600 / 0o700."""
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda p: Path(p).write_bytes(b"x"))
+        folder = atomic_folder(tmp_path / "model", {"config.json": lambda p: Path(p).write_text("{}")})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "config.json").stat().st_mode) == 0o644
