@@ -1,4 +1,5 @@
-"""The ``perceivers`` command line: ``train``, ``plot``, ``eval``, ``models``, ``convert``, ``generate``, ``fill-mask``.
+"""The ``perceivers`` command line: ``train``, ``eval``, ``plot``, ``models``, ``convert``, ``export``, ``generate``,
+``fill-mask``, ``bench``.
 
 Errors follow one policy: a mistake in what the user typed or pointed at is one line on stderr,
 ``perceivers COMMAND: error: MESSAGE``, naming the argument and what was expected, with exit status 2 (as argparse
