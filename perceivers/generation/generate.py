@@ -21,11 +21,21 @@ import torch
 from torch import Tensor
 
 from perceivers.core.errors import ConfigError, ConfigTypeError
-from perceivers.core.validation import check_bool, check_int, check_optional_int
+from perceivers.core.validation import (
+    check_bool,
+    check_float,
+    check_int,
+    check_optional_int,
+    fail,
+)
 from perceivers.generation.beam import beam_search
 from perceivers.generation.decoder import CachedDecoder, GenerationOutput
 from perceivers.generation.layout import column_major_linears
 from perceivers.generation.sampling import check_sampling_args, sample_next
+
+#: Upper bound on ``max_new_tokens``: the output ``(B, L + max_new_tokens)`` is allocated before the first step, so
+#: an absurd value is refused at once rather than by the allocator (16,777,216 tokens: 128 MiB of ids per row).
+MAX_NEW_TOKENS = 1 << 24
 
 
 def _prompt_tensor(prompt: Any, prompt_lengths: Any, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -41,7 +51,9 @@ def _prompt_tensor(prompt: Any, prompt_lengths: Any, device: torch.device) -> tu
             lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=device)
         else:
             lengths = torch.as_tensor(prompt_lengths, device=device)
-            if lengths.dtype.is_floating_point or tuple(lengths.shape) != (ids.shape[0],):
+            if lengths.dtype == torch.bool or lengths.dtype.is_floating_point or lengths.dtype.is_complex:
+                raise ConfigTypeError(f"prompt_lengths must hold integers, got dtype {lengths.dtype}")
+            if tuple(lengths.shape) != (ids.shape[0],):
                 raise ConfigError(f"prompt_lengths must be {ids.shape[0]} integers, got {prompt_lengths!r}")
             if lengths.numel() and int(lengths.max()) > ids.shape[1]:
                 raise ConfigError(f"prompt_lengths exceed the prompt width {ids.shape[1]}: {lengths.tolist()}")
@@ -76,13 +88,20 @@ def _check_prompt(ids: Tensor, lengths: Tensor, config: Any) -> None:
 
 
 def _check_args(model: Any, *, max_new_tokens: Any, num_beams: Any, do_sample: Any, eos_token_id: Any,
-                pad_token_id: Any, cache_latents: Any, generator: Any, longest: int) -> int:
+                pad_token_id: Any, cache_latents: Any, generator: Any, longest: int, length_penalty: Any) -> int:
     """Validate; returns the latent cache size ``S``."""
     c = model.config
     if model.training:
         raise ConfigError("generate needs an evaluation-mode model: call model.eval() first")
     check_int("max_new_tokens", max_new_tokens, minimum=0)
+    if max_new_tokens > MAX_NEW_TOKENS:
+        fail("max_new_tokens", max_new_tokens, f"at most {MAX_NEW_TOKENS:,} (the output is allocated up front)")
+    if c.num_positions is not None and c.position_grid is None and longest + max_new_tokens > c.num_positions:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} would run past the model's {c.num_positions} absolute "
+                          f"positions: a prompt of {longest} tokens leaves room for at most "
+                          f"{max(0, c.num_positions - longest)} new tokens")
     check_int("num_beams", num_beams)
+    check_float("length_penalty", length_penalty)  # finite: NaN or infinity would make every beam score NaN or 0
     check_bool("do_sample", do_sample)
     if do_sample and num_beams > 1:
         raise ConfigError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
@@ -119,7 +138,8 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
     list of id lists of different lengths. Greedy by default; ``do_sample`` samples with
     ``temperature``, ``top_k``, ``top_p`` (:mod:`perceivers.generation.sampling`) from ``generator``
     (seed it for reproducible output); ``num_beams > 1`` runs beam search (scores divided by
-    ``generated_length ** length_penalty``). An example stops after emitting ``eos_token_id``;
+    ``generated_length ** length_penalty``, a finite float). ``max_new_tokens`` is at most
+    :data:`MAX_NEW_TOKENS` and, with absolute positions, what the position table leaves after the prompt. An example stops after emitting ``eos_token_id``;
     ``cache_latents``: latent cache size ``S`` (even, default ``num_latents``). ``streamer`` (not with
     beam search) is called with each step's tokens ``(B,)`` as soon as they are chosen
     (``pad_token_id`` for examples that already ended). ``column_major_decode``: on CPU, store the
@@ -133,7 +153,7 @@ def generate(model: Any, prompt: Tensor | Sequence[Sequence[int]], prompt_length
     _check_prompt(ids, lengths, model.config)
     s = _check_args(model, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, cache_latents=cache_latents,
-                    generator=generator, longest=int(lengths.max()))
+                    generator=generator, longest=int(lengths.max()), length_penalty=length_penalty)
     if streamer is not None and not callable(streamer):
         raise ConfigTypeError(f"streamer must be callable, got {type(streamer).__name__}")
     if num_beams > 1:
