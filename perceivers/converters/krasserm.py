@@ -198,7 +198,8 @@ def krasserm_conversion(state: Mapping[str, Tensor], s: Settings, model: str) ->
         s.refuse("encoder.num_cross_attention_layers", s.get("encoder.num_cross_attention_layers"),
                  "our text models cross-attend once (1)")
     if model == "MaskedLanguageModel":
-        dec, dec_rows = _decoder(state, s, latent_channels, type="basic", final_project=False)
+        dec, dec_rows = _decoder(state, s, latent_channels, type="basic", final_project=False,
+                                 num_outputs=prep.vocab_size)  # MLM logits: one per vocabulary entry
         dec["output_index_dims"] = (dec.pop("_queries"),)
         rows += [("1.output_adapter._output_query", "decoder.query_pos.pos_embs", None),
                  ("1.output_adapter.bias", "embedding_decoder.bias", None)]

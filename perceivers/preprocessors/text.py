@@ -70,8 +70,8 @@ class TextPreprocessor(nn.Module):
         if not isinstance(input_ids, Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
         if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"input_ids must be a tensor of token ids of dtype int64, int32, int16, int8 or uint8, "
-                            f"got dtype {input_ids.dtype}")
+            raise TypeError(f"input_ids must be an integer tensor of token ids (int64, int32, int16, int8 or "
+                            f"uint8), got dtype {input_ids.dtype}")
         if input_ids.dim() != 2 or 0 in input_ids.shape:
             raise ValueError(f"input_ids must have a non-empty shape (B, L), got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > c.max_seq_len:

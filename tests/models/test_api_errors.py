@@ -93,5 +93,12 @@ def test_token_ids_of_every_integer_dtype_are_accepted(models, name, dtype):
 @pytest.mark.parametrize("name", ["perceiver-io-language-debug", "perceiver-ar-debug"])
 def test_float_token_ids_list_the_accepted_dtypes(models, name):
     inputs = models[name].example_inputs()
-    with pytest.raises(TypeError, match="dtype int64, int32, int16, int8 or uint8, got dtype torch.float32"):
+    with pytest.raises(TypeError, match=r"integer tensor of token ids \(int64, int32, int16, int8 or uint8\), got dtype torch.float32"):
         models[name](**{**inputs, "input_ids": inputs["input_ids"].float()})
+
+
+def test_the_mlm_refuses_a_num_outputs_other_than_its_vocabulary():
+    with pytest.raises(ConfigError, match="decoder.num_outputs=100 is invalid: expected preprocessor.vocab_size=262"):
+        create_model("perceiver-io-language-debug", decoder={"num_outputs": 100})
+    model = create_model("perceiver-io-language-debug", preprocessor={"vocab_size": 300}, decoder={"num_outputs": 300})
+    assert model(**model.example_inputs()).shape[-1] == 300

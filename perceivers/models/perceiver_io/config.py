@@ -136,6 +136,10 @@ class PerceiverIOConfig(ConfigBase):
                  f"({prep.max_seq_len},), one query per position of preprocessor.max_seq_len")
         if dec.final_project:
             fail("decoder.final_project", True, "False: MLM logits come from the tied embedding decoder")
+        if dec.num_outputs != prep.vocab_size:  # official EmbeddingDecoder: logits over the embedding's vocabulary
+            fail("decoder.num_outputs", dec.num_outputs, f"preprocessor.vocab_size={prep.vocab_size}: MLM logits come "
+                 "from the tied byte embedding, one per vocabulary entry (to change the vocabulary, set "
+                 "preprocessor.vocab_size and decoder.num_outputs together)")
         if dec.num_query_channels != prep.num_channels:
             fail("decoder.num_query_channels", dec.num_query_channels,
                  f"preprocessor.num_channels={prep.num_channels} (the output is decoded with the byte embedding)")
@@ -164,7 +168,8 @@ class PerceiverIOConfig(ConfigBase):
         prep = None if self.preprocessor is None else self.preprocessor.debug_size()
         dec = self.decoder.debug_size()
         if self.is_mlm:
-            dec = dec.replace(output_index_dims=(prep.max_seq_len,), num_query_channels=prep.num_channels)
+            dec = dec.replace(output_index_dims=(prep.max_seq_len,), num_query_channels=prep.num_channels,
+                              num_outputs=prep.vocab_size)
         elif dec.type == "basic" and dec.concat_preprocessed_input and prep is not None:
             dec = dec.replace(output_index_dims=prep.grid, max_resolution=None if dec.max_resolution is None
                               else prep.grid)
