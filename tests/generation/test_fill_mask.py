@@ -7,7 +7,7 @@ import torch
 from testkit.models import randomize_
 
 from perceivers.cli.main import main
-from perceivers.core.errors import UserError
+from perceivers.core.errors import ConfigTypeError, UserError
 from perceivers.generation.fill_mask import fill_mask, masked_ids
 from perceivers.models import create_model
 from perceivers.tokenizers import MASK_ID, NUM_SPECIAL
@@ -72,3 +72,9 @@ def test_cli_fill_mask_errors(checkpoint, tmp_path, capsys):
     create_model("perceiver-ar-debug").save_pretrained(tmp_path / "ar")
     assert main(["fill-mask", "--checkpoint", str(tmp_path / "ar"), "--text", TEXT]) == 2
     assert "masked language model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [None, 123, ["a [MASK]"], b"a [MASK]"], ids=["None", "int", "list", "bytes"])
+def test_fill_mask_names_a_text_that_is_not_a_str(text):
+    with pytest.raises(ConfigTypeError, match="text must be a str, got"):
+        fill_mask(_model(), text)
