@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from perceivers.core.registry import register_model_type
+from perceivers.core.validation import check_finite
 from perceivers.models.hub import save_pretrained
 
 
@@ -28,6 +29,21 @@ def check_input_dtype(x: torch.Tensor, name: str, param_dtype: torch.dtype) -> N
         under = f" or {allowed[1]} (the autocast dtype)" if len(allowed) > 1 else ""
         raise TypeError(f"{name} dtype is {x.dtype} but the model parameters are {param_dtype}{under}; "
                         f"convert the inputs (x.to({param_dtype})) or the model")
+
+
+def check_finite_inputs(**inputs: Any) -> None:
+    """``ConfigError`` naming the first NaN or infinite value among the floating tensors of ``inputs`` (keyword
+    arguments of a forward pass; dicts of tensors such as HiP's ``inputs`` are walked), e.g.
+    ``inputs['image'][0, 3, 1] is nan: expected finite values``.
+
+    A forward pass does not check its inputs for NaN or infinity: that needs a host read of a device value on
+    every call. Call this where data enters (the command line and the training recipes' data paths do)."""
+    for name, value in inputs.items():
+        if isinstance(value, dict):
+            check_finite_inputs(**{f"{name}[{key!r}]": v for key, v in value.items()})
+        elif (isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_meta
+              and not bool(torch.isfinite(value).all())):
+            check_finite(name, value)
 
 
 def _first_tensor(values: Any) -> torch.Tensor | None:

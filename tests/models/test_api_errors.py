@@ -4,6 +4,8 @@ every integer dtype, and the MLM's num_outputs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -102,3 +104,19 @@ def test_the_mlm_refuses_a_num_outputs_other_than_its_vocabulary():
         create_model("perceiver-io-language-debug", decoder={"num_outputs": 100})
     model = create_model("perceiver-io-language-debug", preprocessor={"vocab_size": 300}, decoder={"num_outputs": 300})
     assert model(**model.example_inputs()).shape[-1] == 300
+
+
+def test_check_finite_inputs_names_the_first_bad_value_and_the_forward_does_not_check(models):
+    from perceivers.models import check_finite_inputs
+
+    hip_inputs = _hip_inputs(models, lambda x: x.clone())
+    name = next(iter(hip_inputs["inputs"]))
+    hip_inputs["inputs"][name][1, 3, 0] = float("nan")
+    models["hip-debug"](**hip_inputs)  # no host read in the forward pass: NaN in, NaN out
+    with pytest.raises(ConfigError, match=rf"inputs\['{name}'\]\[1, 3, 0\] is nan: expected finite values"):
+        check_finite_inputs(**hip_inputs)
+    mlm_inputs = models["perceiver-io-language-debug"].example_inputs()
+    check_finite_inputs(**mlm_inputs)  # integer ids and bool masks pass
+    with pytest.raises(ConfigError, match=r"images\[0, 0, 2, 1\] is -?inf"):
+        check_finite_inputs(images=torch.zeros(1, 1, 4, 4).index_put_((torch.tensor(0),) * 2 + (torch.tensor(2),
+                                                                        torch.tensor(1)), torch.tensor(-math.inf)))
