@@ -7,6 +7,7 @@ weights come from safetensors, the config from JSON. A folder is written as one 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,30 @@ def write_weights_folder(directory: str | os.PathLike, state: dict[str, torch.Te
                          config: dict[str, Any]) -> Path:
     """Write ``state`` as ``model.safetensors`` (contiguous CPU tensors) and ``config`` as ``config.json`` into
     ``directory``, as one unit (:func:`~perceivers.core.files.atomic_folder`). Returns the folder."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return atomic_folder(directory, {WEIGHTS_NAME: _safetensors_writer(state), CONFIG_NAME: json_writer(config)})
+
+
+def _safetensors_writer(state: dict[str, torch.Tensor]):
+    """A ``write(path)`` for :func:`atomic_folder` that saves ``state`` with safetensors and reads the header back:
+    safetensors' writer does not report every failed write (a full disk can leave a short file without an error),
+    so an incomplete file becomes an ``OSError`` here, before it could replace a good one."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return atomic_folder(directory, {
-        WEIGHTS_NAME: lambda tmp: save_file(state, tmp, metadata={"format": "pt"}),
-        CONFIG_NAME: json_writer(config),
-    })
+    def write(path: str) -> None:
+        save_file(state, path, metadata={"format": "pt"})
+        try:
+            with safe_open(path, framework="pt") as fh:
+                complete = set(fh.keys()) == set(state)
+        except (SafetensorError, OSError, ValueError) as exc:
+            complete, why = False, str(exc)
+        else:
+            why = "tensors are missing"
+        if not complete:
+            raise OSError(errno.EIO, f"the weights file came out incomplete ({why}; is the disk full?)", path)
+
+    return write
 
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:

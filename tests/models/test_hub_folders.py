@@ -78,3 +78,25 @@ def test_a_folder_without_weights_is_named(saved):
     (folder / WEIGHTS_NAME).unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
         perceivers.from_pretrained(folder)
+
+
+def test_a_short_weights_file_never_replaces_a_good_folder(saved, monkeypatch):
+    """safetensors' writer can leave a short file without an error (seen on a full device): the save reads the
+    header back, raises an OSError naming the file, and the folder saved before stays whole."""
+    import safetensors.torch
+
+    model, folder = saved
+    real_save_file = safetensors.torch.save_file
+    before = (folder / WEIGHTS_NAME).read_bytes()
+
+    def short_save_file(state, path, metadata=None):
+        real_save_file(state, path, metadata=metadata)
+        with open(path, "r+b") as fh:
+            fh.truncate(os.path.getsize(path) // 2)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", short_save_file)
+    with pytest.raises(OSError, match="incomplete"):
+        model.save_pretrained(folder)
+    assert (folder / WEIGHTS_NAME).read_bytes() == before
+    monkeypatch.undo()
+    perceivers.from_pretrained(folder)  # still loads
