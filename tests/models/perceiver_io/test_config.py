@@ -82,7 +82,9 @@ def test_debug_size_keeps_the_task_and_example_inputs_run(name):
 
 def test_every_registered_perceiver_io_config_round_trips():
     names = [n for n in list_models() if isinstance(get_config(n), PerceiverIOConfig)]
-    assert len(names) == 14
+    # every released Perceiver IO configuration is among them (recipes add their own variants)
+    assert {"perceiver-io-imagenet-fourier", "perceiver-io-imagenet-conv", "perceiver-io-language-mlm",
+            "perceiver-io-flow", "perceiver-io-multimodal-kinetics", "perceiver-io-audioset"} <= set(names)
     for name in names:
         config = get_config(name)
         assert PerceiverIOConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config, name
