@@ -71,6 +71,10 @@ class MnistTask(Task):
 
     name: ClassVar[str] = "mnist"
     model_kind: ClassVar[str] = MNIST_MODEL
+    setting_help: ClassVar[dict[str, str]] = {
+        "model": "registered Perceiver IO classifier of 28x28x1 images into 10 classes (perceiver-io-mnist, ...)",
+        "max_shift": "training augmentation: random translation by up to this many pixels per axis",
+        "label_smoothing": "label smoothing of the training cross-entropy (0: none)"}
 
     model: str = "perceiver-io-mnist"
     max_shift: int = 2  # augmentation: random translation by up to this many pixels
@@ -126,6 +130,14 @@ class PointCloudTask(Task):
 
     name: ClassVar[str] = "pointcloud"
     model_kind: ClassVar[str] = POINTCLOUD_MODEL
+    setting_help: ClassVar[dict[str, str]] = {
+        "model": "registered Perceiver IO point-set classifier (perceiver-io-pointcloud, ...)",
+        "num_points": "points per set: a random subset of the digit's inked pixels (repeats only if it has fewer)",
+        "threshold": "grey level in [0, 1] from which a pixel counts as inked",
+        "jitter": "uniform jitter of each point, in pixels per axis",
+        "num_bands": "Fourier bands of the point coordinates (must match the model's input channels)",
+        "label_smoothing": "label smoothing of the training cross-entropy (0: none)",
+        "eval_seed": "seed of the fixed test point sets"}
     aliases: ClassVar[dict[str, str]] = {"points": "num_points", "bands": "num_bands"}
 
     model: str = "perceiver-io-pointcloud"
