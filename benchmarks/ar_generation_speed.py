@@ -67,22 +67,11 @@ def read_bandwidth(repeats: int = 5) -> float:
 
 
 def bench_perceivers(args, prompt: torch.Tensor) -> dict:
-    from perceivers.generation import generate
-    from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
+    from perceivers.bench.ar import ARSpec, run_ours
 
-    config = PerceiverARConfig(
-        vocab_size=259, max_context_length=args.prompt_len + args.new_tokens, num_latents=args.latents,
-        num_channels=args.channels, num_latent_channels=args.channels, num_self_attend_layers=args.layers,
-        num_cross_attend_heads=args.heads, num_self_attend_heads=args.heads)
-    model = PerceiverAR(config).eval()
-
-    def run(new_tokens: int) -> tuple[float, list[float]]:
-        stamps: list[float] = []
-        t0 = time.perf_counter()
-        generate(model, prompt, max_new_tokens=new_tokens, cache_latents=args.cache_latents or 2 * args.latents,
-                 streamer=lambda token: stamps.append(time.perf_counter()))
-        return t0, stamps
-
+    spec = ARSpec(prompt_len=args.prompt_len, new_tokens=args.new_tokens, latents=args.latents, layers=args.layers,
+                  channels=args.channels, heads=args.heads, window=args.window)
+    model, run = run_ours(spec, prompt, cache_latents=args.cache_latents)
     run(3)  # warm-up
     t0, stamps = run(args.new_tokens)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]

@@ -75,7 +75,9 @@ def summarise(t0: float, stamps: list[float], total_tokens: int, window: int) ->
             "end_over_start": end / start}
 
 
-def run_ours(spec: ARSpec, prompt: torch.Tensor) -> tuple[torch.nn.Module, Any]:
+def run_ours(spec: ARSpec, prompt: torch.Tensor, *, cache_latents: int | None = None) -> tuple[torch.nn.Module, Any]:
+    """Our model of ``spec``'s shape and ``run(new_tokens) -> (t0, stamps)``, greedy generation after ``prompt``
+    with a KV cache of ``cache_latents`` positions (default ``2 * latents``, see the module docstring)."""
     from perceivers.generation import generate
     from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
 
@@ -88,7 +90,7 @@ def run_ours(spec: ARSpec, prompt: torch.Tensor) -> tuple[torch.nn.Module, Any]:
     def run(new_tokens: int) -> tuple[float, list[float]]:
         stamps: list[float] = []
         t0 = time.perf_counter()
-        generate(model, prompt, max_new_tokens=new_tokens, cache_latents=2 * spec.latents,
+        generate(model, prompt, max_new_tokens=new_tokens, cache_latents=cache_latents or 2 * spec.latents,
                  streamer=lambda token: stamps.append(time.perf_counter()))
         return t0, stamps
 
