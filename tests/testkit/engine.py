@@ -20,10 +20,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from perceivers import DecoderConfig, EncoderConfig, PerceiverIO, PerceiverIOConfig
+from perceivers.training.config import EngineConfig
 from perceivers.training.losses import classification_loss
 from perceivers.training.task import Task
 
 QUIET = {"progress": False, "log": lambda *a, **k: None}
+#: The engine tests' run: 4 epochs of TinyTask's 96 examples = 12 steps, a checkpoint every 3.
+SHORT = EngineConfig(epochs=4, batch_size=32, lr=3e-3, checkpoint_every=3, log_every=1, keep_last=3)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

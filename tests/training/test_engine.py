@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from testkit.engine import QUIET, TinyTask, assert_same_weights, weights
+from testkit.engine import QUIET, SHORT, TinyTask, assert_same_weights, weights
 
 from perceivers.cli.main import main
 from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, step_dirs
@@ -21,15 +21,6 @@ from perceivers.training.recipes import digits, text
 from perceivers.training.runtime import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SHORT = EngineConfig(epochs=4, batch_size=32, lr=3e-3, checkpoint_every=3, log_every=1, keep_last=3)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Uninterrupted run of SHORT with dropout and random noise (so RNG restoring matters)."""
-    out = tmp_path_factory.mktemp("reference")
-    run_task(TinyTask(dropout=0.1), SHORT, out, **QUIET)
-    return weights(out)
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")},

@@ -11,8 +11,7 @@ import os
 import signal
 
 import pytest
-import torch
-from testkit.engine import QUIET, TinyTask, assert_same_weights, weights
+from testkit.engine import QUIET, SHORT, TinyTask, assert_same_weights, weights
 
 import perceivers.training.checkpoint as ckpt
 from perceivers.cli.main import main
@@ -20,22 +19,12 @@ from perceivers.core.errors import ConfigError, UserError
 from perceivers.core.files import FileSystemError, FolderLock, FolderLockedError
 from perceivers.training import loop
 from perceivers.training.checkpoint import latest_checkpoint
-from perceivers.training.config import EngineConfig
 from perceivers.training.loop import run_task
 from perceivers.training.overrides import apply_overrides
 from perceivers.training.recipes import RECIPES, Recipe, digits
 from perceivers.training.runtime import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SHORT = EngineConfig(epochs=4, batch_size=32, lr=3e-3, checkpoint_every=3, log_every=1, keep_last=3)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Uninterrupted run of SHORT (12 steps) with dropout and noise."""
-    out = tmp_path_factory.mktemp("reference")
-    run_task(TinyTask(dropout=0.1), SHORT, out, **QUIET)
-    return weights(out)
 
 
 @pytest.fixture

@@ -13,18 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from testkit.engine import QUIET, TinyTask
+from testkit.engine import QUIET, SHORT, TinyTask
 
 from perceivers.cli.main import main
 from perceivers.core.files import safe_torch_load
 from perceivers.training.checkpoint import CheckpointError
-from perceivers.training.config import EngineConfig
 from perceivers.training.loop import run_task
 from perceivers.training.optim import LAMB, param_groups
 from perceivers.training.recipes import RECIPES, Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SHORT = EngineConfig(epochs=4, batch_size=32, lr=3e-3, checkpoint_every=3, log_every=1, keep_last=3)
 
 
 class RunsCode:
