@@ -19,6 +19,7 @@ _EXPORTS = {
     "FlowDecoderConfig": "perceivers.decoders",
     "MultimodalDecoderConfig": "perceivers.decoders",
     "EncoderConfig": "perceivers.encoders",
+    "attention_maps": "perceivers.models.attention_maps",
     "create_model": "perceivers.models",
     "get_config": "perceivers.models",
     "list_models": "perceivers.models",
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from perceivers.encoders import EncoderConfig
     from perceivers.models import create_model, get_config, list_models
+    from perceivers.models.attention_maps import attention_maps
     from perceivers.models.hip.config import HiPConfig
     from perceivers.models.hip.model import HiP
     from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
@@ -103,6 +105,7 @@ __all__ = [
     "PerceiverIOLanguage",
     "PerceiverIOMultimodal",
     "TextPreprocessorConfig",
+    "attention_maps",
     "create_model",
     "from_pretrained",
     "get_config",
