@@ -31,6 +31,7 @@ from perceivers.cli.bench import add_bench, cmd_bench
 from perceivers.cli.common import load_model, set_threads, user_input
 from perceivers.cli.convert import add_convert, cmd_convert
 from perceivers.cli.export import add_export, cmd_export
+from perceivers.cli.plot import add_plot, cmd_plot
 from perceivers.core.errors import ConfigError, UserError
 from perceivers.core.validation import check_int, fail
 
@@ -85,15 +86,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY[,KEY...]",
                    help="with --resume: accept these settings differing from the checkpoint's (e.g. epochs)")
-
-
-def _add_plot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="draw a run's loss and metric curves to PNG",
-                       description="Read RUN_DIR/metrics.csv (and eval.csv) written by `perceivers train` and draw "
-                                   "the training loss, learning rate and every other logged metric against the "
-                                   "step to RUN_DIR/curves.png (needs matplotlib: pip install 'perceivers[plot]').")
-    p.add_argument("run_dir", help="run folder of `perceivers train` (holds metrics.csv)")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -157,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perceivers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
-    _add_plot(sub)
+    add_plot(sub)
     _add_eval(sub)
     _add_models(sub)
     add_convert(sub)
@@ -216,14 +208,6 @@ def cmd_train(args: argparse.Namespace, extra: list[str] | None = None) -> int:
         print(f"perceivers train: error: {exc}", file=sys.stderr)
         return 3
     return 130 if result.get("interrupted") else 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from perceivers.training.plot import plot_run
-
-    out = plot_run(args.run_dir, args.out)  # a missing or malformed CSV, or a bad --out, is a UserError
-    print(f"wrote {out}")
-    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
