@@ -138,7 +138,8 @@ def plot_attention(model: nn.Module, *, out: str | Path, recipe: str | None = No
     task = task_for_checkpoint(model, recipe, ATTENTION_RECIPES, "plot attention")
     example = example_for(task, model, index)
     maps = attention_maps(model, example.inputs)
-    encoder = maps["encoder"][0].mean(0).numpy()  # (N, M): heads averaged
+    first = maps.get("encoder", maps.get("encoder.0"))  # the original Perceiver: its first cross-attend
+    encoder = first[0].mean(0).numpy()  # (N, M): heads averaged
     order, weight = latent_order(maps, encoder.shape[0])
     shown = order[:latents]
     panels = [("mean over all latents", encoder.mean(0))]
@@ -148,13 +149,13 @@ def plot_attention(model: nn.Module, *, out: str | Path, recipe: str | None = No
     cols = min(4, len(panels) + 1)
     rows = -(-(len(panels) + 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
-    first = axes.flat[0]
-    _draw(first, example, None, "input")
+    _draw(axes.flat[0], example, None, "input")
     for ax, (title, values) in zip(list(axes.flat)[1:], panels):
         _draw(ax, example, values, title)
     for ax in list(axes.flat)[len(panels) + 1:]:
         ax.axis("off")
-    fig.suptitle(f"{task.name}: {example.title}; where the latents look (encoder cross-attention, "
-                 f"{encoder.shape[0]} latents)", fontsize=9)
+    which = "encoder cross-attention" if "encoder" in maps else "the encoder's first cross-attention"
+    fig.suptitle(f"{task.name}: {example.title}; where the latents look ({which}, {encoder.shape[0]} latents)",
+                 fontsize=9)
     fig.tight_layout()
     return save_figure(fig, target)

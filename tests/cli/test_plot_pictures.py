@@ -3,6 +3,8 @@ arguments (``plot RUN_DIR`` is tested with the engine and in test_cli)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ import perceivers
 from perceivers import create_model, get_config
 from perceivers.cli.main import main
 from perceivers.training.plot_attention import plot_attention
+from perceivers.training.plot_predictions import plot_predictions
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -50,6 +53,29 @@ def test_flow_attention_png(tmp_path):
     model = create_model("perceiver-io-flow-debug").eval()
     out = plot_attention(model, out=tmp_path / "flow.png", latents=3)  # the Middlebury pair at 12x16
     assert out.read_bytes().startswith(PNG)
+
+
+def test_point_sets_and_the_original_perceiver(tmp_path):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("mlxtend")
+    torch.manual_seed(0)
+    config = get_config("perceiver-io-pointcloud").debug_size()
+    points = perceivers.PerceiverIO(config.replace(input_channels=2 + 4 * 8,
+                                                   decoder=config.decoder.replace(num_outputs=10))).eval()
+    for out in (plot_predictions(points, out=tmp_path / "p.png", count=3),
+                plot_attention(points, out=tmp_path / "a.png", index=999, latents=2)):
+        assert out.read_bytes().startswith(PNG)
+    config = get_config("perceiver-io-digits").debug_size()
+    interleaved = perceivers.PerceiverIO(config.replace(
+        preprocessor=config.preprocessor.replace(image_size=(8, 8), max_resolution=(8, 8)),
+        encoder=config.encoder.replace(layout="interleaved"), decoder=config.decoder.replace(num_outputs=10)))
+    assert plot_attention(interleaved.eval(), out=tmp_path / "i.png").read_bytes().startswith(PNG)
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch, digits_model, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["plot", "attention", "--checkpoint", str(digits_model)]) == 2
+    assert "perceivers plot needs matplotlib: pip install 'perceivers[plot]'" in capsys.readouterr().err
 
 
 ERRORS = [
