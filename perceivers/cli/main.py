@@ -31,6 +31,7 @@ from perceivers.cli.bench import add_bench, cmd_bench
 from perceivers.cli.common import load_model, set_threads, user_input
 from perceivers.cli.convert import add_convert, cmd_convert
 from perceivers.cli.export import add_export, cmd_export
+from perceivers.cli.music import add_music_arguments, cmd_generate_music, wants_music
 from perceivers.cli.plot import add_plot, cmd_plot
 from perceivers.core.errors import ConfigError, UserError
 from perceivers.core.validation import check_int, fail
@@ -89,7 +90,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="stream text from a byte-level Perceiver AR checkpoint",
+    p = sub.add_parser("generate", help="stream text from a byte-level Perceiver AR checkpoint (music: --midi)",
                        description="Continue --prompt with a byte-level Perceiver AR model (e.g. from `perceivers "
                                    "train text`), printing each token as soon as it is produced.")
     p.add_argument("--checkpoint", required=True, help="model folder (config.json + model.safetensors)")
@@ -102,6 +103,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_music_arguments(p)  # --midi / --piano-roll: a music checkpoint (perceivers.cli.music)
 
 
 def _add_fill_mask(sub: argparse._SubParsersAction) -> None:
@@ -220,6 +222,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from perceivers.models.perceiver_ar.model import PerceiverAR
     from perceivers.tokenizers import ARBytesTokenizer
 
+    if wants_music(args):
+        return cmd_generate_music(args)
     set_threads(args.threads)
     check_int("--max-new-tokens", args.max_new_tokens, minimum=0)
     if args.max_new_tokens > MAX_NEW_TOKENS:

@@ -56,3 +56,15 @@ def perceiver_ar_copy() -> PerceiverARConfig:
         cross_attend_widening_factor=4, self_attend_widening_factor=4,
         position_encoding="absolute", position_init="sinusoidal",
     )
+
+
+@register_model("perceiver-ar-music", model_cls=PerceiverAR, num_parameters=1_042_565)
+def perceiver_ar_music() -> PerceiverARConfig:
+    """Model of `perceivers train music` (Bach chorales; 133 ids: PAD/EOS/SOS, rest, hold, 128 pitch onsets): 1,024
+    context (256 16th-note steps of 4 voices: 16 bars of 4/4), 128 latents, 4 layers x 128, 4 heads, rotary,
+    1,042,565 params."""
+    return PerceiverARConfig(
+        vocab_size=133, max_context_length=1024, num_latents=128, num_channels=128, num_latent_channels=128,
+        num_self_attend_layers=4, num_cross_attend_heads=4, num_self_attend_heads=4,
+        cross_attend_widening_factor=4, self_attend_widening_factor=4,
+    )
