@@ -20,8 +20,8 @@ from perceivers.training.task import Task
 from perceivers.training.tasks import CopyTask, DigitsTask, TextTask
 from perceivers.training.tasks_flow import FlowTask
 from perceivers.training.tasks_mlm import MLMTask
-from perceivers.training.tasks_speech import SpeechTask
 from perceivers.training.tasks_music import MusicTask
+from perceivers.training.tasks_speech import SpeechTask
 from perceivers.training.tasks_vision import MnistTask, PointCloudTask
 
 
