@@ -31,7 +31,9 @@ class LayerKVCache:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.valid: Tensor | None = None
-        self.all_valid = True  # no stored entry is invalid (then attention needs no mask over them)
+        # No stored entry is invalid: attention needs no mask over them, and ``valid`` is not written (a decode
+        # step writes keys and values only); it is filled in when the first invalid entry arrives.
+        self.all_valid = True
 
     @property
     def free(self) -> int:
@@ -56,11 +58,13 @@ class LayerKVCache:
         self.k[:, :, p:end] = k
         self.v[:, :, p:end] = v
         past_valid = None if self.all_valid else self.valid[:, :p]
-        if kv_mask is None:
-            self.valid[:, p:end] = True
-        else:
+        if kv_mask is not None:
+            if self.all_valid:
+                self.valid[:, :p] = True  # not written while every entry was valid
             self.valid[:, p:end] = kv_mask
             self.all_valid = self.all_valid and bool(kv_mask.all())
+        elif not self.all_valid:
+            self.valid[:, p:end] = True
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end], past_valid
 
@@ -97,7 +101,7 @@ class PerceiverARCache:
 
     @classmethod
     def for_model(cls, model, *, batch_size: int, latent_capacity: int | None = None,
-                  context_capacity: int | None = None, device=None) -> "PerceiverARCache":
+                  context_capacity: int | None = None, device=None) -> PerceiverARCache:
         """A cache sized for ``model`` (defaults: ``max_context_length`` inputs, ``num_latents`` latents)."""
         c = model.config
         return cls(batch_size=batch_size, num_layers=c.num_self_attend_layers,

@@ -47,6 +47,7 @@ from perceivers.layers.blocks import (
 from perceivers.layers.init import init_linear_fan_in, init_trunc_normal, init_zeros
 from perceivers.layers.rotary import RotaryEmbedding, rotary_channels
 from perceivers.models.base import PerceiverModel
+from perceivers.models.perceiver_ar.decode import DecodeStep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +267,7 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
             for _ in range(c.num_self_attend_layers))
         self.final_norm = nn.LayerNorm(c.num_latent_channels, eps=LAYER_NORM_EPS)
         self.logits = nn.Linear(c.num_latent_channels, c.vocab_size)
+        self._decode_steps: dict[torch.device, DecodeStep] = {}  # per device, built on the first decode step
         self.init_weights_unless_meta()
 
     def init_weights(self) -> None:
@@ -448,9 +450,15 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
         """Cached step: ``input_ids: (B, T)`` are the next real tokens of every example, each a latent.
 
         The general path would build the same thing (causal masks among the new tokens, every new
-        key valid); this one skips the index bookkeeping so that one-token steps stay cheap.
+        key valid); this one skips the index bookkeeping, and one-token steps run the lean
+        :class:`~perceivers.models.perceiver_ar.decode.DecodeStep` (a third of the operator calls).
         """
         b, t = input_ids.shape
+        if t == 1:
+            step = self._decode_steps.get(input_ids.device)
+            if step is None:
+                step = self._decode_steps[input_ids.device] = DecodeStep(self, input_ids.device)
+            return step(self, input_ids, cache)
         index = cache.num_tokens.to(input_ids.device)[:, None] + torch.arange(t, device=input_ids.device)
         positions = self.token_positions(index, torch.ones_like(index, dtype=torch.bool))  # (B, T) or (B, T, D)
         x = self.embed(input_ids, positions)  # (B, T, C)
