@@ -22,8 +22,8 @@ from perceivers.training.tasks_flow import FlowTask
 from perceivers.training.tasks_mlm import MLMTask
 from perceivers.training.tasks_music import MusicTask
 from perceivers.training.tasks_speech import SpeechTask
-from perceivers.training.tasks_vision import MnistTask, PointCloudTask
 from perceivers.training.tasks_video import VideoTask
+from perceivers.training.tasks_vision import MnistTask, PointCloudTask
 
 
 @dataclass(frozen=True, kw_only=True)
