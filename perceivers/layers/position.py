@@ -107,6 +107,8 @@ class FourierPositionEncoding(nn.Module):
         if pos is not None:
             return self._features(pos.to(dtype))
         dims = self.index_dims if index_dims is None else tuple(index_dims)
+        if torch.compiler.is_compiling():  # traced into the graph (Dynamo cannot read the inference mode below)
+            return self._features(grid_positions(dims, device=device)).to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
         # Tensors created under inference_mode cannot be saved for backward later: cache them apart.
         key = (dims, str(device), dtype, torch.is_inference_mode_enabled())
         feats = self._cache.get(key)

@@ -325,6 +325,11 @@ class PerceiverAR(PerceiverModel, model_type="perceiver_ar"):
                 raise ValueError(f"with a non-empty cache every one of the {m} new tokens is a latent and none is "
                                  f"padding: num_latents must be None or {m} (got {num_latents}) and lengths all {m}")
             longest, total = m, cache.max_num_tokens + m
+        elif torch.compiler.is_compiling():  # values cannot be read while tracing: shapes only
+            if lengths is not None and (tuple(lengths.shape) != (b,) or cache is not None):
+                raise ValueError(f"lengths must be None when a cache is filled under torch.compile (the cache "
+                                 f"counts max(lengths) on the host), else of shape ({b},); got {tuple(lengths.shape)}")
+            longest = total = m
         else:
             if lengths is not None and tuple(lengths.shape) != (b,):
                 raise ValueError(f"lengths must have shape ({b},) with values in [1, {m}], got {lengths.tolist()}")
