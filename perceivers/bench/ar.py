@@ -8,7 +8,8 @@ float32, greedy decoding of ``new_tokens`` tokens (after a 3-token warm-up run).
 line of stdout: ``prefill_s`` (the prompt pass up to the first token), ``decode_tokens_per_s`` (tokens after the
 first / the gaps between them), ``tokens_per_s`` (all new tokens / the whole run, prompt pass included),
 ``ms_per_token_start`` / ``_end`` (means of the first and last ``window`` gaps; ``end_over_start`` near 1 =
-flat), ``params``; or ``{"unavailable": reason}``.
+flat), ``params``, ``ops_per_token`` (aten operator calls of one more generated token: a run of 3 tokens less a run
+of 2, counted by a dispatch mode; independent of the machine's load); or ``{"unavailable": reason}``.
 
 - ``ours``: :func:`perceivers.generation.generate` with its fixed-size KV cache (``cache_latents = 2 * latents``,
   so the prompt pass uses ``latents`` latents like the peers).
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from perceivers.core.validation import ConfigBase, check_int
 
@@ -58,6 +60,28 @@ class ARSpec(ConfigBase):
 AR_SPECS = {"bench": ARSpec(), "quick": ARSpec(prompt_len=1024, new_tokens=32, lucidrains_tokens=4, window=8),
             "tiny": ARSpec(prompt_len=24, new_tokens=6, latents=8, layers=1, channels=64, heads=2,
                            lucidrains_tokens=3, window=2)}
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the aten operator calls dispatched inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_token(run: Any) -> int:
+    """Operator calls of one more generated token of ``run`` (see the module docstring)."""
+    counts = []
+    for tokens in (2, 3):
+        with CountOps() as count:
+            run(tokens)
+        counts.append(count.calls)
+    return counts[1] - counts[0]
 
 
 class Unavailable(RuntimeError):
@@ -168,7 +192,7 @@ def run_case(impl: str, size: str) -> dict[str, Any]:
     result["params"] = sum(p.numel() for p in model.parameters())
     run(3)  # warm-up
     t0, stamps = run(spec.new_tokens)
-    return {**result, **summarise(t0, stamps, spec.new_tokens, spec.window)}
+    return {**result, **summarise(t0, stamps, spec.new_tokens, spec.window), "ops_per_token": ops_per_token(run)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,3 +44,4 @@ def test_ar_worker_returns_sane_json():
     assert result["timed_tokens"] == spec.new_tokens and result["decode_tokens"] == spec.new_tokens - 1
     assert result["tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0 and result["prefill_s"] > 0
     assert result["params"] > 0 and result["end_over_start"] > 0
+    assert 0 < result["ops_per_token"] < 200  # one layer: ~110 dispatched operator calls per token
