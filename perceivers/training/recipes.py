@@ -182,8 +182,8 @@ def speech() -> Recipe:
     accents x 12 voice variants; random offset, gain and noise), tested on 24 held-out voices; writes
     ``confusion.png``. Needs ``pip install 'perceivers[speech]'``."""
     return Recipe(task=SpeechTask(), engine=EngineConfig(
-        steps=1500, epochs=None, batch_size=32, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, grad_clip=1.0,
-        checkpoint_every=250, log_every=25, eval_every=500))
+        steps=4000, epochs=None, batch_size=32, lr=1e-3, weight_decay=0.05, warmup_fraction=0.05, grad_clip=1.0,
+        checkpoint_every=500, log_every=25, eval_every=1000))
 
 
 def video() -> Recipe:

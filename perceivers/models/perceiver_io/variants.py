@@ -296,16 +296,18 @@ def perceiver_io_audioset() -> PerceiverIOConfig:
     return PerceiverIOConfig(preprocessor=audio, encoder=encoder, decoder=decoder)
 
 
-@register_model("perceiver-io-speech", model_cls=PerceiverIO, num_parameters=563_035)
+@register_model("perceiver-io-speech", model_cls=PerceiverIO, num_parameters=754_466)
 def perceiver_io_speech() -> PerceiverIOConfig:
     """Small raw-waveform classifier of 1 s spoken words at 16 kHz (``perceivers train speech``): 100 patches of
-    160 samples (10 ms) + 1-D Fourier features (16 bands over the 100 patches), 32 x 128 latents, 4 self-attends,
-    20 classes."""
-    # max_resolution = the patch count (the release's is the sample count), so every band resolves on the patches
+    160 samples (10 ms) + 1-D Fourier features (16 bands over the 100 patches), 32 x 128 latents, 2 blocks of
+    2 self-attends, each block reading the input again (interleaved layout), 20 classes."""
+    # max_resolution = the patch count (the release's is the sample count), so every band resolves on the patches.
+    # Interleaved (the original Perceiver's layout, a cross-attend per block): at 400 steps it reached 24 % on the
+    # held-out voices where the single cross-attend of the io layout reached 19 % (same data, seed and lr).
     audio = ModalityConfig(kind="audio", num_samples=16_000, samples_per_patch=160, num_bands=16, max_resolution=(100,))
     encoder = EncoderConfig(num_latents=32, num_latent_channels=128, num_blocks=2, num_self_attends_per_block=2,
                             num_cross_attend_heads=1, num_self_attend_heads=4, self_attend_widening_factor=2,
-                            cross_attend_widening_factor=2, dropout_prob=0.1)
+                            cross_attend_widening_factor=2, dropout_prob=0.1, layout="interleaved")
     decoder = DecoderConfig(type="classification", num_outputs=20, num_query_channels=128, use_query_residual=True)
     return PerceiverIOConfig(preprocessor=audio, encoder=encoder, decoder=decoder)
 
