@@ -84,6 +84,8 @@ def test_tiny_run_eval_and_generate(tmp_path, cache, capsys, monkeypatch):
     assert first.pitch.midi == int(soprano[soprano >= ONSET][0]) - ONSET
     notes = sum(len(p.flatten().notes) for p in parsed.parts)
     assert f", {notes} notes" in out
+    assert main(["generate", "--checkpoint", model, "--midi", str(tmp_path / "x.mid"), "--prompt-piece", "bwv0"]) == 2
+    assert "--prompt-piece='bwv0' is invalid: expected a chorale of the corpus" in capsys.readouterr().err
 
 
 def test_music_flags_errors(tmp_path, capsys):
