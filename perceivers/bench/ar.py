@@ -4,8 +4,8 @@
 
 Same shape for every model (random weights; speed does not depend on them): byte vocabulary 259, ``channels`` wide,
 ``heads`` heads, ``layers`` latent self-attention layers, ``latents`` latents over a ``prompt_len`` prompt, batch 1,
-float32, greedy decoding of ``new_tokens`` tokens (after a 3-token warm-up run). Prints one JSON object on the last
-line of stdout: ``prefill_s`` (the prompt pass up to the first token), ``decode_tokens_per_s`` (tokens after the
+float32 (``ours-bf16``: bfloat16), greedy decoding of ``new_tokens`` tokens (after a 3-token warm-up run). Prints one
+JSON object on the last line of stdout: ``prefill_s`` (the prompt pass up to the first token), ``decode_tokens_per_s`` (tokens after the
 first / the gaps between them), ``tokens_per_s`` (all new tokens / the whole run, prompt pass included),
 ``ms_per_token_start`` / ``_end`` (means of the first and last ``window`` gaps; ``end_over_start`` near 1 =
 flat), ``params``, ``ops_per_token`` (aten operator calls of one more generated token: a run of 3 tokens less a run
@@ -13,6 +13,7 @@ of 2, counted by a dispatch mode; independent of the machine's load); or ``{"una
 
 - ``ours``: :func:`perceivers.generation.generate` with its fixed-size KV cache (``cache_latents = 2 * latents``,
   so the prompt pass uses ``latents`` latents like the peers).
+- ``ours-bf16``: the same in bfloat16 (weights and KV cache; the issue's reduced-precision decoding).
 - ``krasserm``: perceiver-io 0.11 ``CausalSequenceModel`` with its append-only KV cache, stepped as its HF
   ``prepare_inputs_for_generation`` does (0.6 has no cache: unavailable).
 - ``lucidrains``: perceiver-ar-pytorch ``PerceiverAR``, no cache: every token reruns the window; timed on the
@@ -34,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from perceivers.core.validation import ConfigBase, check_int
 
-AR_IMPLS = ("ours", "krasserm", "lucidrains")
+AR_IMPLS = ("ours", "ours-bf16", "krasserm", "lucidrains")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,9 +100,11 @@ def summarise(t0: float, stamps: list[float], total_tokens: int, window: int) ->
             "end_over_start": end / start}
 
 
-def run_ours(spec: ARSpec, prompt: torch.Tensor, *, cache_latents: int | None = None) -> tuple[torch.nn.Module, Any]:
+def run_ours(spec: ARSpec, prompt: torch.Tensor, *, cache_latents: int | None = None,
+             dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
     """Our model of ``spec``'s shape and ``run(new_tokens) -> (t0, stamps)``, greedy generation after ``prompt``
-    with a KV cache of ``cache_latents`` positions (default ``2 * latents``, see the module docstring)."""
+    with a KV cache of ``cache_latents`` positions (default ``2 * latents``, see the module docstring); weights
+    and cache in ``dtype``."""
     from perceivers.generation import generate
     from perceivers.models.perceiver_ar.model import PerceiverAR, PerceiverARConfig
 
@@ -109,7 +112,7 @@ def run_ours(spec: ARSpec, prompt: torch.Tensor, *, cache_latents: int | None = 
         vocab_size=259, max_context_length=spec.prompt_len + spec.new_tokens, num_latents=spec.latents,
         num_channels=spec.channels, num_latent_channels=spec.channels, num_self_attend_layers=spec.layers,
         num_cross_attend_heads=spec.heads, num_self_attend_heads=spec.heads)
-    model = PerceiverAR(config).eval()
+    model = PerceiverAR(config).eval().to(dtype)
 
     def run(new_tokens: int) -> tuple[float, list[float]]:
         stamps: list[float] = []
@@ -184,7 +187,8 @@ def run_case(impl: str, size: str) -> dict[str, Any]:
     result: dict[str, Any] = {"impl": impl, "size": size, **spec.to_dict(), "threads": torch.get_num_threads()}
     torch.manual_seed(0)
     prompt = torch.randint(3, 259, (1, spec.prompt_len))
-    builders = {"ours": run_ours, "krasserm": run_krasserm, "lucidrains": run_lucidrains}
+    builders = {"ours": run_ours, "ours-bf16": lambda *a: run_ours(*a, dtype=torch.bfloat16),
+                "krasserm": run_krasserm, "lucidrains": run_lucidrains}
     try:
         model, run = builders[impl](spec, prompt)
     except Unavailable as exc:

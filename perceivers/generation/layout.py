@@ -12,6 +12,11 @@ computes them with one expanding column-major block. Batched matmuls (training, 
 prefer the row-major layout, so the column-major one is applied only for the decode loop and always
 undone afterwards.
 
+Only float32 weights are laid out column-major: PyTorch's CPU bf16 matrix-vector product is fast only
+row-major (on the Intel Xeon AVX-512 machine of the issue-14 runs, a 256 MiB-of-weights bf16 GEMV took
+16.7 ms row-major and 37 ms column-major, fp32 20.9 and 20.6 ms). Other dtypes keep their layout; their
+query/key/value projections are still fused, into a row-major block.
+
 The change is a relayout of the same values: shapes, parameters and ``state_dict`` keys stay the
 same (the swapped-in attention holds the original projection modules under the original names);
 results differ only by float summation order (~1e-7 relative).
@@ -46,7 +51,8 @@ class FusedQKVAttention(Attention):
     with_query: bool
 
     @classmethod
-    def from_attention(cls, attention: Attention) -> FusedQKVAttention:
+    def from_attention(cls, attention: Attention, *, column_major: bool = True) -> FusedQKVAttention:
+        """``column_major=False``: a row-major block (fused rows only; what bf16 weights need, see the module doc)."""
         q, k, v, o = attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj
         with torch.device("meta"):  # the modules below are replaced by the originals
             fused = cls(q_in_channels=q.in_features, kv_in_channels=k.in_features, qk_channels=q.out_features,
@@ -58,7 +64,10 @@ class FusedQKVAttention(Attention):
         fused.with_query = len(projs) == 3
         fused.sizes = [p.out_features for p in projs]
         w = k.weight
-        fused.block = torch.empty(w.shape[1], sum(fused.sizes), dtype=w.dtype, device=w.device).t()  # column-major
+        if column_major:
+            fused.block = torch.empty(w.shape[1], sum(fused.sizes), dtype=w.dtype, device=w.device).t()
+        else:
+            fused.block = torch.empty(sum(fused.sizes), w.shape[1], dtype=w.dtype, device=w.device)
         with torch.no_grad():
             for proj, rows in zip(projs, fused.block.split(fused.sizes)):
                 rows.copy_(proj.weight)
@@ -70,7 +79,7 @@ class FusedQKVAttention(Attention):
         """Give the projections separate contiguous weights again (same values)."""
         with torch.no_grad():
             for proj in (self.q_proj, self.k_proj, self.v_proj):
-                proj.weight.data = proj.weight.data.contiguous()
+                proj.weight.data = proj.weight.data.clone(memory_format=torch.contiguous_format)  # own storage
 
     def forward(self, x_q: Tensor, x_kv: Tensor, mask: Tensor | None = None, **hooks) -> Tensor:
         """As :meth:`Attention.forward`."""
@@ -100,11 +109,16 @@ def _on_cpu(module: nn.Module) -> bool:
     return all(p.device.type == "cpu" for p in module.parameters())
 
 
+def _float32(module: nn.Module) -> bool:
+    return all(p.dtype == torch.float32 for p in module.parameters())
+
+
 @contextmanager
 def column_major_linears(model: nn.Module, *, enabled: bool = True) -> Iterator[None]:
     """Within the block, every CPU :class:`Attention` of ``model`` is replaced by a :class:`FusedQKVAttention`
     (see the module doc) and every other expanding (``out_features > in_features``) CPU ``nn.Linear`` weight
-    is stored column-major.
+    is stored column-major (float32 weights only: the fused block of other dtypes is row-major, their other
+    linears stay as they are).
 
     Restores the original modules and separate row-major (contiguous) weights on exit, also when the block
     raises. A no-op when ``enabled`` is false or for modules on other devices (CUDA GEMV is indifferent to
@@ -114,13 +128,14 @@ def column_major_linears(model: nn.Module, *, enabled: bool = True) -> Iterator[
              if enabled and type(child) is Attention and _on_cpu(child)]
     fused = {id(m) for _, _, a in swaps for m in (a.q_proj, a.k_proj, a.v_proj)}
     linears = [m for m in model.modules()
-               if enabled and isinstance(m, nn.Linear) and id(m) not in fused and _on_cpu(m)
+               if enabled and isinstance(m, nn.Linear) and id(m) not in fused and _on_cpu(m) and _float32(m)
                and m.weight.is_contiguous() and m.out_features > m.in_features]
     done: list[tuple[nn.Module, str, Attention, FusedQKVAttention]] = []
     try:
         with torch.no_grad():
             for parent, name, attention in swaps:
-                done.append((parent, name, attention, FusedQKVAttention.from_attention(attention)))
+                fused_attention = FusedQKVAttention.from_attention(attention, column_major=_float32(attention))
+                done.append((parent, name, attention, fused_attention))
                 setattr(parent, name, done[-1][3])
             for m in linears:
                 _relayout(m, column_major=True)

@@ -415,3 +415,22 @@ def test_column_major_decode_matches_the_plain_layout(position):
     plain = generate(model, prompt, max_new_tokens=6, output_logits=True, column_major_decode=False)
     assert torch.equal(fast.sequences, plain.sequences)
     torch.testing.assert_close(fast.logits, plain.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_layout_keeps_bf16_weights_row_major_and_gives_back_separate_weights():
+    """bf16 matrix-vector products are fast only row-major: the fused block is row-major, fc1 untouched; on exit
+    the projections own separate storage again (a state_dict with shared storage could not be saved)."""
+    model = make("rotary").to(torch.bfloat16)
+    layer = model.self_attends[0]
+    prompt = torch.randint(0, 11, (2, 7))
+    with column_major_linears(model):
+        fused = layer.attention
+        assert isinstance(fused, FusedQKVAttention) and fused.block.is_contiguous()
+        assert layer.mlp.fc1.weight.is_contiguous()
+    attn = layer.attention
+    pointers = {p.weight.untyped_storage().data_ptr() for p in (attn.q_proj, attn.k_proj, attn.v_proj)}
+    assert len(pointers) == 3
+    fast = generate(model, prompt, max_new_tokens=6, output_logits=True)
+    plain = generate(model, prompt, max_new_tokens=6, output_logits=True, column_major_decode=False)
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=2e-2, atol=2e-2)
