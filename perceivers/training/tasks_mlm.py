@@ -1,6 +1,6 @@
 """Task of the ``mlm`` recipe: byte-level masked language modelling with a Perceiver IO language model on the
-Python standard library's sources (the ``text`` recipe's corpus and split, :mod:`perceivers.data.text`), with the
-paper's whole-word masking (:mod:`perceivers.data.mlm`).
+Python standard library's sources (the ``text`` recipe's corpus and split, :mod:`perceivers.data.text`), masked by
+one of the schemes of :mod:`perceivers.data.mlm` (``masking``: ``bytes``, ``spans`` or the paper's ``words``).
 
 The result is a folder that ``perceivers fill-mask --checkpoint runs/mlm/model`` reads.
 """
@@ -19,13 +19,20 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from perceivers.core.files import atomic_write
-from perceivers.core.validation import check_bool, check_int, check_optional_int, fail
+from perceivers.core.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_int,
+    fail,
+)
 from perceivers.data.mlm import (
+    MASKINGS,
     WHITESPACE,
     MLMWindows,
     apply_mask,
+    draw_mask,
     evaluation_batch,
-    word_mask,
 )
 from perceivers.data.text import VALIDATION_MODULUS, TextCorpus, load_corpus
 from perceivers.models import create_model
@@ -33,6 +40,11 @@ from perceivers.models.perceiver_io import PerceiverIOConfig
 from perceivers.preprocessors import TextPreprocessorConfig
 from perceivers.tokenizers import MASK_ID, NUM_SPECIAL, VOCAB_SIZE, BytesTokenizer
 from perceivers.training.task import Task, model_config
+
+#: ``describe()``'s words for each masking scheme.
+MASKING_DESCRIPTIONS = {"bytes": "single word bytes (whitespace never masked)",
+                        "spans": "runs of {k} bytes (whitespace inside a run left unmasked)",
+                        "words": "whole whitespace-delimited words (Perceiver IO §4.1)"}
 
 #: What the mlm task trains and ``perceivers eval mlm`` scores.
 MLM_MODEL = f"byte-level Perceiver IO masked language model ({VOCAB_SIZE} ids)"
@@ -60,8 +72,8 @@ def most_frequent_word_byte(stream: Tensor) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class MLMTask(Task):
-    """Masked-byte prediction on windows of ``length`` bytes (default: the model's ``max_seq_len``): whole words
-    masked with ``mask_prob``, cross-entropy on the masked bytes. Evaluation: masked-byte accuracy on
+    """Masked-byte prediction on windows of ``length`` bytes (default: the model's ``max_seq_len``): bytes masked
+    by ``masking`` with ``mask_prob``, cross-entropy on the masked bytes. Evaluation: masked-byte accuracy on
     ``eval_windows`` fixed windows of the held-out files (masks drawn from ``eval_seed``), beside the accuracy of
     always predicting the training text's most frequent non-whitespace byte."""
 
@@ -70,14 +82,19 @@ class MLMTask(Task):
     setting_help: ClassVar[dict[str, str]] = {
         "model": "registered Perceiver IO masked byte LM (perceiver-io-mlm-stdlib, perceiver-io-language-mlm, ...)",
         "length": "window length in bytes (None: the model's max_seq_len)",
-        "mask_prob": "probability that a whitespace-delimited word is masked (paper: 0.15)",
+        "masking": "what is masked: bytes (each word byte alone), spans (runs of span_length bytes) or words "
+                   "(whole whitespace-delimited words, the paper's)",
+        "mask_prob": "share of the masked bytes (words: probability that a word is masked; paper: 0.15)",
+        "span_length": "masking=spans: bytes per masked run",
         "eval_windows": "number of fixed held-out windows scored", "eval_seed": "seed of the held-out masks",
         "data_root": "folder of *.py files to train on (None: this Python's standard library)",
         "include_tests": "also read the standard library's test suites"}
 
     model: str = "perceiver-io-mlm-stdlib"
     length: int | None = None
+    masking: str = "words"
     mask_prob: float = 0.15
+    span_length: int = 3
     eval_windows: int = 256
     eval_seed: int = 1234
     data_root: str | None = None
@@ -88,6 +105,8 @@ class MLMTask(Task):
         if not isinstance(self.mask_prob, (int, float)) or isinstance(self.mask_prob, bool) \
                 or not 0 < self.mask_prob <= 1:
             fail("mask_prob", self.mask_prob, "a probability in (0, 1]")
+        check_choice("masking", self.masking, MASKINGS)
+        check_int("span_length", self.span_length)
         check_int("eval_windows", self.eval_windows)
         check_int("eval_seed", self.eval_seed, minimum=0)
         check_bool("include_tests", self.include_tests)
@@ -122,18 +141,23 @@ class MLMTask(Task):
         return MLMWindows(self.corpus().train, length=self.window)
 
     def training_loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
-        mask = word_mask(batch, self.mask_prob)  # the global RNG (seeded and checkpointed by the engine)
+        mask = self.draw_mask(batch)  # the global RNG (seeded and checkpointed by the engine)
         logits = model(apply_mask(batch, mask))  # (B, L, V)
-        if not bool(mask.any()):  # a batch without a masked word: a zero loss that still reaches the graph
+        if not bool(mask.any()):  # a batch without a masked byte: a zero loss that still reaches the graph
             return logits.float().sum() * 0.0, {"masked_accuracy": 0.0}
         picked, targets = logits[mask].float(), batch[mask]  # (M, V), (M,)
         accuracy = float((picked.argmax(-1) == targets).float().mean())
         return F.cross_entropy(picked, targets), {"masked_accuracy": accuracy}
 
+    def draw_mask(self, ids: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The ``masking`` scheme's boolean mask ``(B, L)`` of ``ids (B, L)``."""
+        return draw_mask(ids, self.masking, self.mask_prob, generator, span_length=self.span_length)
+
     def held_out(self) -> tuple[Tensor, Tensor]:
-        """The held-out windows ``(K, length)`` and their fixed masks."""
+        """The held-out windows ``(K, length)`` and their fixed masks (the same scheme as training)."""
         return evaluation_batch(self.corpus().validation, num_windows=self.eval_windows, length=self.window,
-                                mask_prob=self.mask_prob, seed=self.eval_seed)
+                                mask_prob=self.mask_prob, seed=self.eval_seed, masking=self.masking,
+                                span_length=self.span_length)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
@@ -168,7 +192,8 @@ class MLMTask(Task):
     def describe(self) -> dict[str, Any]:
         c = self.corpus()
         return {"recipe": "mlm", "model": self.model, "length": self.window, "mask_prob": self.mask_prob,
-                "masking": "whole whitespace-delimited words (Perceiver IO §4.1)", "eval_windows": self.eval_windows,
+                "masking": MASKING_DESCRIPTIONS[self.masking].format(k=self.span_length),
+                "eval_windows": self.eval_windows,
                 "eval_seed": self.eval_seed,
                 "split": {"rule": f"sha256(relative path)[:8] big-endian % {VALIDATION_MODULUS} == 0 -> validation",
                           "train_files": len(c.train_files), "validation_files": len(c.validation_files),

@@ -10,7 +10,16 @@ import torch
 
 from perceivers.cli.main import main
 from perceivers.core.errors import ConfigError
-from perceivers.data.mlm import MLMWindows, apply_mask, mlm_ids, word_mask
+from perceivers.data.mlm import (
+    MLMWindows,
+    apply_mask,
+    byte_mask,
+    draw_mask,
+    evaluation_batch,
+    mlm_ids,
+    span_mask,
+    word_mask,
+)
 from perceivers.data.text import is_validation_file
 from perceivers.tokenizers import (
     BOS_ID,
@@ -52,6 +61,52 @@ def test_word_mask_covers_whole_words_only():
     assert word_mask(special, 1.0).tolist() == [[False, True, False]]
 
 
+def _runs(row):
+    """``(start, length)`` of the maximal runs of True in a boolean row."""
+    runs, start = [], None
+    for i, v in enumerate(row.tolist() + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+def test_byte_mask_draws_each_word_byte_alone():
+    ids = torch.tensor([encode("abcdefgh ijklmnop")] * 400)
+    mask = byte_mask(ids, 0.3, torch.Generator().manual_seed(0))
+    assert not bool(mask[:, 8].any())  # the space
+    share = mask.float().sum(0)[torch.arange(17) != 8] / 400  # every byte about 0.3, on its own
+    assert bool(((share > 0.2) & (share < 0.4)).all())
+    words = mask[:, :8]
+    assert 0 < int((words.all(1) | ~words.any(1)).sum()) < 400  # words are cut, unlike word_mask
+    assert torch.equal(mask, byte_mask(ids, 0.3, torch.Generator().manual_seed(0)))
+
+
+def test_span_mask_masks_runs_of_span_length():
+    ids = torch.tensor([encode("x" * 60)] * 200)
+    mask = span_mask(ids, 0.1, torch.Generator().manual_seed(0), span_length=4)
+    inner = [n for row in mask for a, n in _runs(row) if a > 0 and a + n < 60]  # not cut by the window's edges
+    assert min(inner) == 4 and 0.06 < float(mask.float().mean()) < 0.12  # about mask_prob of the bytes
+    spaced = torch.tensor([encode("ab cd ef gh " * 5)] * 50)
+    assert not bool(span_mask(spaced, 0.5, torch.Generator().manual_seed(1))[spaced == encode(" ")[0]].any())
+
+
+def test_draw_mask_and_held_out_follow_the_masking_setting():
+    ids = torch.tensor([encode("alpha beta gamma delta " * 4)] * 50)
+    for masking, fn in (("bytes", byte_mask), ("spans", span_mask), ("words", word_mask)):
+        expected = fn(ids, 0.2, torch.Generator().manual_seed(3))
+        assert torch.equal(draw_mask(ids, masking, 0.2, torch.Generator().manual_seed(3)), expected)
+    stream = torch.tensor(ARBytesTokenizer().encode("one two three four five six " * 40), dtype=torch.int16)
+    masks = {m: evaluation_batch(stream, num_windows=8, length=64, mask_prob=0.3, seed=5, masking=m)[1]
+             for m in ("bytes", "words")}
+    assert not torch.equal(masks["bytes"], masks["words"])
+    task = MLMTask(masking="spans", span_length=5)
+    assert torch.equal(task.draw_mask(ids, torch.Generator().manual_seed(2)),
+                       span_mask(ids, 0.15, torch.Generator().manual_seed(2), span_length=5))
+
+
 def test_baseline_byte_skips_whitespace():
     ar = torch.tensor(ARBytesTokenizer().encode("  \n\n\n  eee a"), dtype=torch.int16)
     assert most_frequent_word_byte(ar) == encode("e")[0]
@@ -60,6 +115,10 @@ def test_baseline_byte_skips_whitespace():
 def test_settings_are_validated():
     with pytest.raises(ConfigError, match="mask_prob"):
         MLMTask(mask_prob=0.0)
+    with pytest.raises(ConfigError, match="masking='chars'.*bytes"):
+        MLMTask(masking="chars")
+    with pytest.raises(ConfigError, match="span_length"):
+        MLMTask(span_length=0)
     with pytest.raises(ConfigError, match="length=512.*max_seq_len 256"):
         _ = MLMTask(length=512).window
     with pytest.raises(ConfigError, match="model='perceiver-ar-copy'.*perceiver-io-mlm-stdlib"):
