@@ -66,8 +66,17 @@ class RowRotary:
         return x * cos + x.index_select(1, self.swap) * signed_sin
 
 
+def _matvec(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` of rows ``x: (B, K)``; one reduced-precision CPU row goes through ``addmv``, which PyTorch runs
+    1.6-1.9x faster than ``linear`` for bf16 (measured at the bench shapes; float32 is as fast either way)."""
+    if x.shape[0] == 1 and x.dtype != torch.float32 and x.device.type == "cpu":
+        out = torch.mv(weight, x[0]) if bias is None else torch.addmv(bias, weight, x[0])
+        return out[None]
+    return F.linear(x, weight, bias)
+
+
 def _linear(x: Tensor, module: nn.Linear) -> Tensor:
-    return F.linear(x, module.weight, module.bias)
+    return _matvec(x, module.weight, module.bias)
 
 
 def _norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -85,15 +94,15 @@ def _project_kv(attention: Any, x: Tensor) -> Tensor:
         return torch.cat([_linear(x, attention.k_proj), _linear(x, attention.v_proj)], dim=-1)
     if attention.with_query:
         nq = attention.sizes[0]
-        return F.linear(x, block[nq:], attention.bias[nq:])
-    return F.linear(x, block, attention.bias)
+        return _matvec(x, block[nq:], attention.bias[nq:])
+    return _matvec(x, block, attention.bias)
 
 
 def _project_qkv(attention: Any, x: Tensor) -> Tensor:
     """``[q | k | v]`` rows of ``x: (B, C_in)`` for a self-attention."""
     block = getattr(attention, "block", None)
     if block is not None and attention.with_query:
-        return F.linear(x, block, attention.bias)
+        return _matvec(x, block, attention.bias)
     return torch.cat([_linear(x, attention.q_proj), _project_kv(attention, x)], dim=-1)
 
 

@@ -58,10 +58,27 @@ class CountOps(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.ops: set = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.calls += 1
+        self.ops.add(func)
         return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def test_bf16_single_row_steps_use_addmv_and_match_uncached_passes():
+    """One bf16 row: matrix-vector products (addmv, ~1.7x faster than linear on CPU); logits as uncached bf16."""
+    model = make("rotary").to(torch.bfloat16)
+    seq = torch.randint(0, 11, (1, 12))
+    cache = PerceiverARCache.for_model(model, batch_size=1, latent_capacity=12)
+    model(seq[:, :8], num_latents=4, cache=cache)
+    for t in range(8, 11):
+        with CountOps() as count:
+            out = model(seq[:, t:t + 1], cache=cache)
+        reference = model(seq[:, :t + 1], num_latents=t + 1 - 4)[0, -1]
+        torch.testing.assert_close(out[0, 0].float(), reference.float(), rtol=0.05, atol=0.05)
+        assert torch.ops.aten.addmv.default in count.ops and torch.ops.aten.addmm.default not in count.ops
 
 
 @torch.no_grad()
