@@ -53,6 +53,16 @@ def test_training_decodes_only_the_subsampled_points(monkeypatch):
     assert torch.isfinite(loss) and set(metrics) == {"video_nmse", "audio_nmse", "label_ce"}
 
 
+def test_the_training_loss_reaches_every_parameter_of_the_recipe_model():
+    """DDP (torchrun) refuses parameters that no loss reaches: the recipe's model has no mask token of probability 0."""
+    task = VideoTask()
+    model = task.build_model()
+    data = task.train_dataset(0)
+    batch = {k: torch.stack([data[i][k] for i in (0, 200)]) for k in ("video", "audio", "label")}
+    task.training_loss(model, batch)[0].backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_waveform_image_draws_each_column_range():
     image = waveform_image([(np.array([1.0, -1.0, 0.0, 0.0]), (255, 0, 0))], width=2, height=5)
     assert image.shape == (5, 2, 3) and image[:, 0, 1].tolist() == [0] * 5  # column 0 spans -1..1

@@ -257,18 +257,17 @@ def perceiver_io_multimodal_debug() -> PerceiverIOConfig:
     return PerceiverIOConfig(preprocessor=prep, encoder=encoder, decoder=decoder)
 
 
-@register_model("perceiver-io-multimodal-small", model_cls=PerceiverIO, num_parameters=585_134)
+@register_model("perceiver-io-multimodal-small", model_cls=PerceiverIO, num_parameters=584_928)
 def perceiver_io_multimodal_small() -> PerceiverIOConfig:
     """Small video + audio + label autoencoder of ``perceivers train video``: 8 frames of 32x32 at 25 fps, 5,120
     audio samples (16 kHz), 3 clip labels; 832 input tokens, 64 x 128 latents, 4 layers."""
     # Kinetics-shaped (1x4x4 video patches, 16-sample audio patches, label always masked unless overridden) but the
     # Fourier features span each grid it encodes: video inputs the patch grid, video queries the pixel grid, audio
-    # the patches (the release uses the sample count), so every band resolves.
-    audio = ModalityConfig(kind="audio", num_samples=5120, samples_per_patch=16, num_bands=32, max_resolution=(320,),
-                           mask_prob=0.0)
+    # the patches (the release uses the sample count), so every band resolves; no mask tokens for video and audio
+    # (the release's have p = 0: parameters no loss reaches, which DDP refuses).
+    audio = ModalityConfig(kind="audio", num_samples=5120, samples_per_patch=16, num_bands=32, max_resolution=(320,))
     video = ModalityConfig(kind="video", num_frames=8, image_size=(32, 32), in_channels=3, temporal_patch=1,
-                           spatial_patch=4, num_bands=8, query_num_bands=16, query_max_resolution=(8, 32, 32),
-                           mask_prob=0.0)
+                           spatial_patch=4, num_bands=8, query_num_bands=16, query_max_resolution=(8, 32, 32))
     label = ModalityConfig(kind="label", num_classes=3, query_channels=32, mask_prob=1.0)
     encoder = EncoderConfig(num_latents=64, num_latent_channels=128, num_blocks=1, num_self_attends_per_block=4,
                             num_cross_attend_heads=1, num_self_attend_heads=4)
