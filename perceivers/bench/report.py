@@ -1,9 +1,10 @@
 """The bench's outputs: a markdown table (:func:`format_table`), ``bench.json``, ``bench.md`` and ``bench.png``.
 
-Per M and mode, each implementation's median time, its ratio to ours (their time / our time: > 1 means we
-are faster), achieved GFLOP/s of its analytic matmul FLOPs (:func:`~perceivers.bench.spec.matmul_flops`) as a
-percentage of the measured matmul peak of the run's precision, its peak RSS and the ratio of that to ours
-(theirs / ours: > 1 means we use less).
+Per M, mode and precision, each implementation's median time, its ratio to ours at the same precision (their
+time / our time: > 1 means we are faster), achieved GFLOP/s of its analytic matmul FLOPs
+(:func:`~perceivers.bench.spec.matmul_flops`) as a percentage of the measured matmul peak of its precision (bf16's
+for both bf16 modes), its peak RSS and the ratio of that to ours (theirs / ours: > 1 means we use less), and its
+speed-up over our fp32 case of the same run (our fp32 time / its time).
 """
 
 from __future__ import annotations
@@ -14,8 +15,17 @@ from typing import Any
 from perceivers.core.files import atomic_write, write_json
 
 
-def _by_key(cases: list[dict[str, Any]]) -> dict[tuple[int, str, str], dict[str, Any]]:
-    return {(c["m"], c["mode"], c["impl"]): c for c in cases}
+def settings_precisions(settings: dict[str, Any]) -> tuple[str, ...]:
+    """The precisions of a run (``precisions``; older results hold one ``precision``)."""
+    return tuple(settings.get("precisions") or (settings.get("precision", "fp32"),))
+
+
+def case_precision(case: dict[str, Any], settings: dict[str, Any]) -> str:
+    return case.get("precision") or settings_precisions(settings)[0]
+
+
+def _by_key(cases: list[dict[str, Any]], settings: dict[str, Any]) -> dict[tuple[int, str, str, str], dict[str, Any]]:
+    return {(c["m"], c["mode"], case_precision(c, settings), c["impl"]): c for c in cases}
 
 
 def _ok(case: dict[str, Any] | None) -> bool:
@@ -40,47 +50,53 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     """One row of cells per case, in the order of ``results['cases']``."""
-    precision = results["settings"]["precision"]
-    peak = results["peaks"][precision]
+    settings = results["settings"]
     cases = results["cases"]
-    index = _by_key(cases)
+    index = _by_key(cases, settings)
     rows = []
     for case in cases:
-        ours = index.get((case["m"], case["mode"], "ours"))
-        head = [f"{case['m']:,}", case["mode"], case["impl"]]
+        precision = case_precision(case, settings)
+        ours = index.get((case["m"], case["mode"], precision, "ours"))
+        ours_fp32 = index.get((case["m"], case["mode"], "fp32", "ours"))
+        head = [f"{case['m']:,}", case["mode"], precision, case["impl"]]
         if "unavailable" in case or "error" in case:
             reason = case.get("unavailable") or f"failed: {case['error']}"
-            rows.append(head + [reason.replace("|", "/")] + ["—"] * 6)
+            rows.append(head + [reason.replace("|", "/")] + ["—"] * 7)
             continue
         params = f"{case['params']:,}"
         if _ok(ours) and case["params"] != ours["params"]:
             params += f" ({case['params'] - ours['params']:+,})"
         time_ratio = ratio(case["median_s"], ours["median_s"]) if _ok(ours) else None
         rss_ratio = ratio(case["peak_rss_mib"], ours["peak_rss_mib"]) if _ok(ours) else None
+        speedup = ratio(ours_fp32["median_s"], case["median_s"]) if _ok(ours_fp32) else None
         gflops = case["flops"] / case["median_s"] / 1e9
+        peak = results["peaks"]["fp32" if precision == "fp32" else "bf16"]
         rows.append(head + [params, f"{case['median_s']:.3f}", _fmt(time_ratio, ".2f", "x"), f"{gflops:.0f}",
                             f"{percent_of_peak(case['flops'], case['median_s'], peak):.0f} %",
-                            f"{case['peak_rss_mib']:,.0f}", _fmt(rss_ratio, ".2f", "x")])
+                            f"{case['peak_rss_mib']:,.0f}", _fmt(rss_ratio, ".2f", "x"), _fmt(speedup, ".2f", "x")])
     return rows
 
 
 def format_table(results: dict[str, Any]) -> str:
     """The markdown report: machine and peaks, then the table."""
-    precision = results["settings"]["precision"]
     peaks, machine, settings = results["peaks"], results["machine"], results["settings"]
+    precisions = ", ".join(settings_precisions(settings))
     lines = [(f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
               f"device {machine['device']}; {results.get('date', '')}."),
              f"Matmul peak ({peaks['n']}^3, best at the start or the end): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
              + ("." if peaks["fast_bf16"] else " (no fast bf16 on this CPU: bf16 peak < 1.5x fp32)."),
-             (f"Precision {precision}; batch {settings['batch_train']} train / {settings['batch_infer']} inference; "
+             (f"Precision {precisions} (bf16: autocast, fp32 weights; bf16-weights: model and inputs in bf16, "
+              f"inference); batch {settings['batch_train']} train / {settings['batch_infer']} inference; "
               f"median of {settings['repeats']} after {settings['warmup']} warm-up"
               + (f", fastest of {settings['rounds']} rounds" if settings.get("rounds", 1) > 1 else "")
               + "; each case in its own process."),
-             "Ratio = their time / ours (> 1: we are faster); mem ratio = their peak RSS / ours (> 1: we use less).",
+             ("Ratio = their time / ours at the same precision (> 1: we are faster); mem ratio = their peak RSS / ours "
+              "(> 1: we use less); % peak: of the matmul peak of the case's precision; x our fp32 = our fp32 time / "
+              "this time (same M and mode)."),
              "",
-             (f"| M | mode | impl | params | time (s) | ratio | GFLOP/s | % {precision} peak | peak RSS (MiB) "
-              "| mem ratio |"),
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             ("| M | mode | precision | impl | params | time (s) | ratio | GFLOP/s | % peak | peak RSS (MiB) "
+              "| mem ratio | x our fp32 |"),
+             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     return "\n".join(lines) + "\n"
 
@@ -97,10 +113,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         return False
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    settings = results["settings"]
     for case in results["cases"]:
         if _ok(case):
-            series.setdefault((case["impl"], case["mode"]), []).append(case)
-    colors = {impl: f"C{i}" for i, impl in enumerate(dict.fromkeys(c["impl"] for c in results["cases"]))}
+            series.setdefault((f"{case['impl']} {case_precision(case, settings)}", case["mode"]), []).append(case)
+    colors = {impl: f"C{i % 10}" for i, impl in enumerate(dict.fromkeys(impl for impl, _ in series))}
     for (impl, mode), points in sorted(series.items()):
         points.sort(key=lambda c: c["m"])
         ms = [c["m"] for c in points]
@@ -117,7 +134,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax_t.legend(fontsize=7)
-    fig.suptitle(f"perceivers bench ({results['settings']['precision']})")
+    fig.suptitle(f"perceivers bench ({', '.join(settings_precisions(settings))})")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -34,7 +34,8 @@ FAST_BF16 = 1.5
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSettings(ConfigBase):
-    """What to run: input lengths ``ms``, implementations, modes, precision, CPU threads (``None``: torch's choice),
+    """What to run: input lengths ``ms``, implementations, modes, precisions (each case runs in every one, so one run
+    compares our bf16 with our fp32), CPU threads (``None``: torch's choice),
     timed ``repeats`` after ``warmup`` steps, ``rounds`` passes over every case (each case keeps its fastest
     round: on a shared machine, other work only ever adds time), batch sizes, the spec size (``bench`` or ``tiny``), the matmul size
     of the peak measurement, the device and a per-case timeout in seconds."""
@@ -42,7 +43,7 @@ class BenchSettings(ConfigBase):
     ms: tuple[int, ...] = DEFAULT_MS
     impls: tuple[str, ...] = IMPLS
     modes: tuple[str, ...] = MODES
-    precision: str = "fp32"
+    precisions: tuple[str, ...] = ("fp32",)
     threads: int | None = None
     repeats: int = 3
     warmup: int = 1
@@ -55,7 +56,8 @@ class BenchSettings(ConfigBase):
     timeout_s: int = 1800
 
     def __post_init__(self) -> None:
-        for name, values, choices in (("impls", self.impls, IMPLS), ("modes", self.modes, MODES)):
+        for name, values, choices in (("impls", self.impls, IMPLS), ("modes", self.modes, MODES),
+                                      ("precisions", self.precisions, PRECISIONS)):
             if not values:
                 fail(name, values, f"at least one of {choices}")
             for value in values:
@@ -64,7 +66,6 @@ class BenchSettings(ConfigBase):
             fail("ms", self.ms, "at least one input length")
         for m in self.ms:
             check_int("m", m)
-        check_choice("precision", self.precision, PRECISIONS)
         check_choice("size", self.size, ("bench", "tiny"))
         if self.threads is not None:
             check_int("threads", self.threads)
@@ -121,9 +122,9 @@ def measure_peaks(settings: BenchSettings) -> dict[str, Any]:
 
 
 def cases(settings: BenchSettings) -> list[dict[str, Any]]:
-    """Every (M, mode, impl) in table order."""
-    return [{"m": m, "mode": mode, "impl": impl} for m in settings.ms for mode in settings.modes
-            for impl in settings.impls]
+    """Every (M, mode, precision, impl) in table order."""
+    return [{"m": m, "mode": mode, "precision": precision, "impl": impl} for m in settings.ms
+            for mode in settings.modes for precision in settings.precisions for impl in settings.impls]
 
 
 def worker_argv(settings: BenchSettings, case: dict[str, Any]) -> list[str]:
@@ -131,7 +132,7 @@ def worker_argv(settings: BenchSettings, case: dict[str, Any]) -> list[str]:
     batch = settings.batch_train if case["mode"] == "train" else settings.batch_infer
     return [sys.executable, "-m", "perceivers.bench.worker", "--impl", case["impl"], "--mode", case["mode"],
             "--m", str(case["m"]), "--batch", str(batch), "--repeats", str(settings.repeats),
-            "--warmup", str(settings.warmup), "--precision", settings.precision,
+            "--warmup", str(settings.warmup), "--precision", case.get("precision", "fp32"),
             "--threads", str(settings.threads or 0), "--size", settings.size, "--device", settings.device]
 
 
@@ -167,7 +168,8 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
             result = {**case, **run_worker(worker_argv(settings, case), settings.timeout_s)}
             rounds[i].append(result)
             where = f"round {r + 1}/{settings.rounds} " if settings.rounds > 1 else ""
-            say(f"[{where}{i + 1}/{len(todo)}] M={case['m']} {case['mode']} {case['impl']}: {describe(result)} "
+            say(f"[{where}{i + 1}/{len(todo)}] M={case['m']} {case['mode']} {case['precision']} {case['impl']}: "
+                f"{describe(result)} "
                 f"({time.perf_counter() - start:.0f} s)")
     results = [best_round(tries) for tries in rounds]
     peaks = higher_peaks(peaks, measure_peaks(settings))  # again at the end: a busy moment only lowers a peak

@@ -11,7 +11,8 @@ building the model and inputs, before the first step), ``peak_cuda_mib`` on CUDA
 
 A training step is forward, cross-entropy on random labels, backward and an AdamW step (``zero_grad`` to None);
 inference is a forward under ``torch.inference_mode`` in eval mode. ``--precision bf16`` runs the forward (and
-loss) under ``torch.autocast(device, torch.bfloat16)`` with fp32 weights, for every implementation alike.
+loss) under ``torch.autocast(device, torch.bfloat16)`` with fp32 weights, for every implementation alike;
+``--precision bf16-weights`` (inference only) casts the model and the inputs to bf16 and runs without autocast.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from perceivers.bench.peers import IMPLS, PeerUnavailable, build
 from perceivers.bench.spec import SPECS, matmul_flops
 
 MODES = ("train", "infer")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "bf16-weights")
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -59,18 +60,21 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     spec = SPECS[args.size]()
     result: dict[str, Any] = {"impl": args.impl, "mode": args.mode, "m": args.m, "batch": args.batch,
                               "precision": args.precision, "threads": torch.get_num_threads(), "size": args.size}
+    training = args.mode == "train"
+    if training and args.precision == "bf16-weights":
+        return {**result, "unavailable": "bf16-weights is inference only (training keeps fp32 weights: bf16)"}
     try:
         model, forward, flop_options, notes = build(args.impl, spec)
     except PeerUnavailable as exc:
         return {**result, "unavailable": str(exc)}
-    model = model.to(device)
-    training = args.mode == "train"
+    dtype = torch.bfloat16 if args.precision == "bf16-weights" else torch.float32
+    model = model.to(device=device, dtype=dtype)
     model.train(training)
     result["params"] = sum(p.numel() for p in model.parameters())
     result["flops"] = matmul_flops(spec, args.m, args.batch, training=training, **flop_options)
     result["notes"] = notes
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, args.m, spec.input_channels, generator=gen).to(device)
+    x = torch.randn(args.batch, args.m, spec.input_channels, generator=gen).to(device=device, dtype=dtype)
     labels = torch.randint(0, spec.num_classes, (args.batch,), generator=gen).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if training else None
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"

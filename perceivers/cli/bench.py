@@ -33,7 +33,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                         "ours vs krasserm (cached, perceiver-io 0.11) and lucidrains perceiver-ar-pytorch (no cache); "
                         "takes --quick, --impls, --threads, --rounds, --timeout and --out")
     p.add_argument("--modes", default="train,infer", metavar="MODE[,MODE]", help="train and/or infer (default both)")
-    p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16 (torch.autocast for everyone)")
+    p.add_argument("--precision", default="fp32", metavar="P[,P...]",
+                   help="fp32 (default), bf16 (torch.autocast for everyone, fp32 weights) and/or bf16-weights "
+                        "(inference with the model in bf16); several, e.g. fp32,bf16, run every case in each")
     p.add_argument("--threads", default=None, help="torch CPU threads per case (default: torch's choice)")
     p.add_argument("--repeats", default=None, help="timed steps per case (default 3; --quick 2)")
     p.add_argument("--warmup", default="1", help="untimed steps first (default 1)")
@@ -76,7 +78,6 @@ def settings_from_args(args: argparse.Namespace):
     from perceivers.bench.runner import BenchSettings
     from perceivers.bench.worker import MODES, PRECISIONS
 
-    check_choice("--precision", args.precision, PRECISIONS)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -84,7 +85,7 @@ def settings_from_args(args: argparse.Namespace):
     if device is None or (device.type == "cuda" and not torch.cuda.is_available()):
         fail("--device", args.device, "cpu, or cuda on a machine with a CUDA device")
     values = {"impls": parse_list("--impls", args.impls or ",".join(IMPLS), IMPLS), "modes": parse_list("--modes", args.modes, MODES),
-              "precision": args.precision, "warmup": parse_int("--warmup", args.warmup, minimum=0),
+              "precisions": parse_list("--precision", args.precision, PRECISIONS), "warmup": parse_int("--warmup", args.warmup, minimum=0),
               "rounds": parse_int("--rounds", args.rounds),
               "batch_train": parse_int("--batch-train", args.batch_train),
               "batch_infer": parse_int("--batch-infer", args.batch_infer),

@@ -13,6 +13,11 @@ from torch import Tensor, nn
 
 from perceivers.core.validation import check_choice, check_int
 from perceivers.layers.attention import Attention, KVCacheLayer
+from perceivers.layers.chunked_attention import (
+    chunk_length,
+    chunked_cross_attention,
+    use_chunked,
+)
 from perceivers.layers.init import init_linear_fan_in
 from perceivers.layers.rotary import Rotary
 
@@ -144,10 +149,18 @@ class CrossAttentionBlock(nn.Module):
     ) -> Tensor:
         """``x_q: (B, N, C_q)``, ``x_kv: (B, M, C_kv)``, ``mask: (B, M) | (B, N, M)`` -> ``(B, N, C_q)``.
 
-        The keyword-only rotary and cache hooks are passed to :meth:`Attention.forward`.
+        The keyword-only rotary and cache hooks are passed to :meth:`Attention.forward`. Without autograd, long
+        inputs are normalised, projected and attended in chunks (:mod:`perceivers.layers.chunked_attention`): the
+        same result up to float rounding, without the ``(B, M, C_kv)`` buffers of every input at once.
         """
-        attn = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask, q_rotary=q_rotary, k_rotary=k_rotary,
-                              kv_cache=kv_cache, kv_mask=kv_mask)
+        chunk = chunk_length(x_kv.shape[0], x_kv.shape[-1])
+        hooks = any(hook is not None for hook in (q_rotary, k_rotary, kv_cache, kv_mask)) or (
+            self.training and self.attention.dropout_prob > 0)
+        if use_chunked(self.attention, x_kv, mask, chunk, extra_hooks=hooks):
+            attn = chunked_cross_attention(self.attention, self.q_norm(x_q), x_kv, self.kv_norm, mask, chunk)
+        else:
+            attn = self.attention(self.q_norm(x_q), self.kv_norm(x_kv), mask, q_rotary=q_rotary, k_rotary=k_rotary,
+                                  kv_cache=kv_cache, kv_mask=kv_mask)
         attn = self.attention_dropout(attn)
         x = x_q + attn if self.use_query_residual else attn
         return x + self.mlp(self.mlp_norm(x)) if self.mlp is not None else x

@@ -23,6 +23,7 @@ BAD = [
     (["--impls", "ours,foo"], "--impls='foo' is invalid"),
     (["--modes", "fast"], "--modes='fast' is invalid"),
     (["--precision", "fp16"], "--precision='fp16' is invalid"),
+    (["--precision", "fp32,fp8"], "--precision='fp8' is invalid"),
     (["--threads", "0"], "--threads=0 is invalid"),
     (["--repeats", "two"], "--repeats='two' is invalid"),
     (["--warmup", "-1"], "--warmup=-1 is invalid"),

@@ -15,13 +15,13 @@ from perceivers.bench.report import (
 )
 
 
-def _case(impl, seconds, rss, params=1000, mode="train", m=1024, flops=50_000_000_000):
+def _case(impl, seconds, rss, params=1000, mode="train", m=1024, flops=50_000_000_000, precision="fp32"):
     return {"impl": impl, "mode": mode, "m": m, "params": params, "median_s": seconds, "peak_rss_mib": rss,
-            "flops": flops}
+            "flops": flops, "precision": precision}
 
 
-def results(cases):
-    return {"settings": {"precision": "fp32", "batch_train": 8, "batch_infer": 32, "repeats": 3, "warmup": 1},
+def results(cases, precisions=("fp32",)):
+    return {"settings": {"precisions": list(precisions), "batch_train": 8, "batch_infer": 32, "repeats": 3, "warmup": 1},
             "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "device": "cpu"},
             "peaks": {"n": 2048, "fp32": 200.0, "bf16": 250.0, "fast_bf16": False}, "cases": cases,
             "date": "2026-01-01 00:00 UTC"}
@@ -41,18 +41,36 @@ def test_ratio_and_percent_of_peak():
 
 def test_rows_give_ratios_to_ours_and_percent_of_peak():
     rows = table_rows(results(CASES))
-    assert rows[0] == ["1,024", "train", "ours", "1,000", "0.500", "1.00x", "100", "50 %", "1,000", "1.00x"]
-    assert rows[1] == ["1,024", "train", "transformers", "1,000", "1.000", "2.00x", "50", "25 %", "2,500", "2.50x"]
-    assert rows[2][3] == "1,500 (+500)"  # a different parameter count is shown with its difference
-    assert rows[2][5:] == ["0.50x", "200", "100 %", "500", "0.50x"]
-    assert rows[3][3] == "not installed" and rows[3][4:] == ["—"] * 6
-    assert rows[5][3] == "failed: exit status -9: Killed"
+    assert rows[0] == ["1,024", "train", "fp32", "ours", "1,000", "0.500", "1.00x", "100", "50 %", "1,000", "1.00x",
+                       "1.00x"]
+    assert rows[1] == ["1,024", "train", "fp32", "transformers", "1,000", "1.000", "2.00x", "50", "25 %", "2,500",
+                       "2.50x", "0.50x"]
+    assert rows[2][4] == "1,500 (+500)"  # a different parameter count is shown with its difference
+    assert rows[2][6:] == ["0.50x", "200", "100 %", "500", "0.50x", "2.00x"]
+    assert rows[3][4] == "not installed" and rows[3][5:] == ["—"] * 7
+    assert rows[5][4] == "failed: exit status -9: Killed"
+
+
+def test_bf16_rows_compare_with_ours_at_bf16_and_with_our_fp32():
+    cases = [_case("ours", 1.0, 900.0), _case("krasserm", 1.2, 950.0),
+             _case("ours", 0.25, 800.0, precision="bf16"), _case("krasserm", 0.5, 850.0, precision="bf16")]
+    rows = table_rows(results(cases, ("fp32", "bf16")))
+    # ratio against ours in bf16; % of the bf16 peak (250 GFLOP/s); speed-up over our fp32 (1.0 s)
+    assert rows[2][2:] == ["bf16", "ours", "1,000", "0.250", "1.00x", "200", "80 %", "800", "1.00x", "4.00x"]
+    assert rows[3][6] == "2.00x" and rows[3][-1] == "2.00x"
+    assert "Precision fp32, bf16 (bf16: autocast" in format_table(results(cases, ("fp32", "bf16")))
+
+
+def test_results_of_the_one_precision_format_still_read():
+    old = results([{k: v for k, v in _case("ours", 0.5, 1000.0).items() if k != "precision"}])
+    old["settings"] = {k: v for k, v in old["settings"].items() if k != "precisions"} | {"precision": "bf16"}
+    assert table_rows(old)[0][2] == "bf16" and table_rows(old)[0][8] == "40 %"  # bf16 peak 250
 
 
 def test_table_says_when_bf16_is_not_fast(tmp_path):
     text = format_table(results(CASES))
     assert "no fast bf16 on this CPU" in text
-    assert "| M | mode | impl |" in text and text.count("\n| 1,024 |") == 6
+    assert "| M | mode | precision | impl |" in text and text.count("\n| 1,024 |") == 6
     fast = results(CASES)
     fast["peaks"]["fast_bf16"] = True
     assert "no fast bf16" not in format_table(fast)

@@ -18,10 +18,20 @@ from perceivers.core.errors import ConfigError
 def test_quick_settings_and_case_order():
     quick = BenchSettings.quick(impls=("ours", "krasserm"), modes=("infer",))
     assert (quick.ms, quick.repeats, quick.peak_n) == (QUICK_MS, 2, 1024)
-    assert cases(quick) == [{"m": 1024, "mode": "infer", "impl": "ours"}, {"m": 1024, "mode": "infer", "impl": "krasserm"},
-                            {"m": 4096, "mode": "infer", "impl": "ours"}, {"m": 4096, "mode": "infer", "impl": "krasserm"}]
+    fp32 = {"mode": "infer", "precision": "fp32"}
+    assert cases(quick) == [{"m": 1024, **fp32, "impl": "ours"}, {"m": 1024, **fp32, "impl": "krasserm"},
+                            {"m": 4096, **fp32, "impl": "ours"}, {"m": 4096, **fp32, "impl": "krasserm"}]
     argv = worker_argv(quick, cases(quick)[0])
     assert argv[argv.index("--batch") + 1] == "32" and argv[argv.index("--threads") + 1] == "0"
+    assert argv[argv.index("--precision") + 1] == "fp32"
+
+
+def test_every_case_runs_in_every_precision():
+    both = BenchSettings(ms=(1024,), impls=("ours", "krasserm"), modes=("train",), precisions=("fp32", "bf16"))
+    assert [(c["precision"], c["impl"]) for c in cases(both)] == [("fp32", "ours"), ("fp32", "krasserm"),
+                                                                  ("bf16", "ours"), ("bf16", "krasserm")]
+    argv = worker_argv(both, cases(both)[2])
+    assert argv[argv.index("--precision") + 1] == "bf16"
 
 
 def test_each_case_keeps_its_fastest_round():
@@ -33,7 +43,7 @@ def test_each_case_keeps_its_fastest_round():
 
 
 @pytest.mark.parametrize("field, value", [("impls", ()), ("impls", ("nope",)), ("ms", (0,)), ("rounds", 0),
-                                          ("precision", "fp16"), ("warmup", -1)])
+                                          ("precisions", ("fp16",)), ("precisions", ()), ("warmup", -1)])
 def test_bad_settings_are_config_errors(field, value):
     with pytest.raises(ConfigError):
         BenchSettings(**{field: value})

@@ -25,6 +25,14 @@ def test_worker_returns_sane_json(impl, mode):
     assert result["threads"] == 1
 
 
+def test_bf16_weights_worker_runs_inference_in_bf16_and_refuses_training():
+    case = {"impl": "ours", "mode": "infer", "m": 12, "precision": "bf16-weights"}
+    result = run_worker(worker_argv(TINY, case), timeout_s=120)
+    assert "error" not in result and result["precision"] == "bf16-weights" and result["median_s"] > 0, result
+    refused = run_worker(worker_argv(TINY, {**case, "mode": "train"}), timeout_s=120)
+    assert "inference only" in refused["unavailable"]
+
+
 def test_a_crashing_worker_is_one_error_line():
     result = run_worker(worker_argv(TINY, {"impl": "ours", "mode": "train", "m": 12})[:3] + ["--impl", "nope"],
                         timeout_s=60)
