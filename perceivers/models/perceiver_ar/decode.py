@@ -15,7 +15,9 @@ calls (views, head transposes, rotary on ``(B, H, T, R)`` slices, ``cat``, dropo
   the rotated channels see the same float operations as :func:`perceivers.layers.rotary.apply_rotary`.
 - Keys and values go through the cache layer's ``update`` (written in place into its preallocated buffers).
 
-The result equals the general path up to float summation order (the tests compare both with uncached passes).
+The result equals the general path up to float summation order (the tests compare both with uncached passes). It
+reads the blocks' parameters directly, so forward hooks registered on the blocks or their linears do not run in a
+one-token step (they do in the prompt pass and for chunks of several tokens).
 """
 
 from __future__ import annotations
