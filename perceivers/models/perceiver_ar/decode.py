@@ -56,15 +56,16 @@ class RowRotary:
         self.sign = torch.cat(sign).to(device)
         self.swap = torch.cat(swap).to(device)
 
-    def angles(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """``positions: (B, 1)`` float32 -> ``cos, signed_sin: (B, W)``."""
+    def angles(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``positions: (B, 1)`` float32 -> ``cos, signed_sin: (B, W)`` computed in float32, given in ``dtype``."""
         angles = positions * self.inverse
-        return angles.cos(), angles.sin() * self.sign
+        cos, signed_sin = angles.cos(), angles.sin() * self.sign
+        if dtype != torch.float32:
+            cos, signed_sin = cos.to(dtype), signed_sin.to(dtype)
+        return cos, signed_sin
 
     def apply(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-        """Rotate the rows ``x: (B, W)``."""
-        if cos.dtype != x.dtype:
-            cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+        """Rotate the rows ``x: (B, W)`` (``cos``, ``signed_sin`` in the dtype of ``x``)."""
         return x * cos + x.index_select(1, self.swap) * signed_sin
 
 
@@ -152,9 +153,9 @@ class DecodeStep:
         q, kv = _linear(_norm(z, cross.q_norm), attention.q_proj), _project_kv(attention, _norm(x, cross.kv_norm))
         if self.cross_q_rotary is not None:
             pos = positions.to(torch.float32)
-            q = self.cross_q_rotary.apply(q, *self.cross_q_rotary.angles(pos))
-            kv = self.cross_kv_rotary.apply(kv, *self.cross_kv_rotary.angles(pos))
-            rot = self.self_rotary.angles(pos)
+            q = self.cross_q_rotary.apply(q, *self.cross_q_rotary.angles(pos, q.dtype))
+            kv = self.cross_kv_rotary.apply(kv, *self.cross_kv_rotary.angles(pos, kv.dtype))
+            rot = self.self_rotary.angles(pos, z.dtype)
         z = z + _attend(attention, q, kv, cache.cross)  # query residual
         z = z + _mlp(cross, z)
         for layer, cache_layer in zip(model.self_attends, cache.latents):

@@ -46,7 +46,7 @@ def test_row_rotary_equals_apply_rotary_on_every_head():
     rotary = RotaryEmbedding(head_dim=8, max_wavelength=24, fraction=0.5)
     rows = RowRotary([(24, rotary), (24, rotary), (24, None)], torch.device("cpu"))
     x, positions = torch.randn(2, 72), torch.tensor([[5], [17]])
-    out = rows.apply(x, *rows.angles(positions.float()))
+    out = rows.apply(x, *rows.angles(positions.float(), x.dtype))
     for part in range(2):
         heads = x[:, 24 * part:24 * (part + 1)].view(2, 3, 1, 8)
         expected = apply_rotary(heads, rotary(positions)).reshape(2, 24)
