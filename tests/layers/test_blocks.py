@@ -14,6 +14,7 @@ from perceivers.layers.blocks import (
     CrossAttentionBlock,
     SelfAttentionBlock,
     activation_fn,
+    activation_inplace,
 )
 
 B, N, M, CQ, CKV = 2, 3, 5, 6, 10
@@ -143,6 +144,21 @@ def test_mlp_activations(name, fn):
     mlp = randomize_(MLP(CQ, activation=name))
     x = torch.randn(B, N, CQ) * 3
     torch.testing.assert_close(mlp(x), mlp.fc2(fn(mlp.fc1(x))), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gelu_tanh", "gelu", "sq_relu", "relu", "geglu"])
+def test_mlp_inference_activation_in_place_gives_the_same_values(name):
+    mlp = randomize_(MLP(CQ, widening_factor=2, activation=name))
+    x = torch.randn(B, N, CQ) * 3
+    with torch.no_grad():
+        h = mlp.fc1(x)
+        expected = activation_fn(name, h.clone())
+        out = activation_inplace(name, h)
+        assert torch.equal(out, expected)
+        if name != "geglu":  # overwritten: no second buffer of the widest activation
+            assert out.data_ptr() == h.data_ptr()
+        assert torch.equal(mlp(x), mlp.fc2(expected))
+    assert torch.equal(mlp(x).detach(), mlp.fc2(expected))  # autograd path: out of place, same values
 
 
 def test_activations_differ():

@@ -75,3 +75,19 @@ def test_unequal_qk_and_v_widths_stay_unchunked(monkeypatch):
 def test_chunk_length():
     assert chunk_length(32, 64) == (1 << 22) // 2048
     assert chunk_length(4, 10, chunk_elements=7) == 1
+
+
+def test_bf16_weights_inference_stays_within_bf16_tolerance_of_fp32(monkeypatch):
+    """A block with bf16 weights and inputs (chunked and not) against fp32: within 2^-4 of the output's scale
+    (bf16 keeps 8 bits; a wrong merge or softmax is off by the scale itself)."""
+    block = _block()
+    x_q, x_kv, mask = _inputs()
+    with torch.no_grad():
+        ref = block(x_q, x_kv, mask)
+        low = block.to(torch.bfloat16)
+        whole = low(x_q.bfloat16(), x_kv.bfloat16(), mask)
+        monkeypatch.setattr(chunked_attention, "CHUNK_ELEMENTS", B * C_KV * 5)
+        chunked = low(x_q.bfloat16(), x_kv.bfloat16(), mask)
+    assert whole.dtype == chunked.dtype == torch.bfloat16
+    for out in (whole, chunked):
+        assert (out.float() - ref).abs().max() <= 2**-4 * ref.abs().max()
