@@ -4,6 +4,7 @@ metrics.json with the held-out-voice accuracy and baseline, confusion.json / .pn
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -59,3 +60,12 @@ def test_tiny_run_writes_accuracy_confusion_and_evals(tmp_path, monkeypatch, cap
     assert main(["eval", "speech", "--checkpoint", str(tmp_path / "run" / "model"), "--accents", "en-us",
                  "--train-variants", "m1", "--test-variants", "f2", "--renditions", "1"]) == 0
     assert f"test_accuracy: {result['test_accuracy']}" in capsys.readouterr().out
+
+
+def test_missing_espeakng_loader_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import espeakng_loader -> ImportError
+    monkeypatch.setenv("PERCEIVERS_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["train", "speech", "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                 "--renditions", "1", "--accents", "en-us", "--train-variants", "m2", "--test-variants", "f1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("perceivers train: error: ") and "perceivers[speech]" in err[0]
