@@ -50,6 +50,16 @@ def check_mask(mask: Tensor | None, *, batch: int, num_queries: int, num_keys: i
         )
 
 
+def autocast_input(x: Tensor) -> Tensor:
+    """``x`` in the autocast dtype when autocast is on for its device and ``x`` is float32, else ``x``: the cast that
+    autocast applies to a linear layer's input, done once for an input that several projections share (autocast
+    caches the casts of weights, not of activations)."""
+    device = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 def _extend_with_cache(
     kv_cache: KVCacheLayer, k: Tensor, v: Tensor, mask: Tensor | None, kv_mask: Tensor | None, *, num_queries: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -144,6 +154,10 @@ class Attention(nn.Module):
         to every valid stored entry plus the new ones; ``mask`` then covers only the new keys, and
         ``kv_mask: (B, M)`` marks which new entries later calls may attend (default: all).
         """
+        if x_kv is x_q:  # self-attention: one autocast cast for the three projections
+            x_q = x_kv = autocast_input(x_q)
+        else:  # one cast for the key and value projections
+            x_kv = autocast_input(x_kv)
         return self.attend(self.q_proj(x_q), self.k_proj(x_kv), self.v_proj(x_kv), mask, q_rotary=q_rotary,
                            k_rotary=k_rotary, kv_cache=kv_cache, kv_mask=kv_mask)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from perceivers.layers.attention import Attention, check_mask
+from perceivers.layers.attention import Attention, autocast_input, check_mask
 
 #: values per chunk buffer (B * Mc * C_kv): 16 MiB in fp32.
 CHUNK_ELEMENTS = 1 << 22
@@ -57,7 +57,7 @@ def chunked_cross_attention(attn: Attention, q_in: Tensor, x_kv: Tensor, kv_norm
     scale = q.shape[-1] ** -0.5
     out = lse = None
     for start in range(0, m, chunk):
-        kv = kv_norm(x_kv[:, start:start + chunk])
+        kv = autocast_input(kv_norm(x_kv[:, start:start + chunk]))  # one cast for k and v under autocast
         k = attn.k_proj(kv)
         v = attn.v_proj(kv)
         del kv

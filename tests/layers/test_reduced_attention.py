@@ -69,3 +69,25 @@ def test_attention_under_bf16_autocast_matches_fp32(monkeypatch, mask_kind):
     ref = _module_grads(torch.autocast("cpu", enabled=False), attn, x_q, x_kv, mask)
     for a, b in zip(low, ref, strict=True):
         assert (a - b).abs().max() <= 2**-5 * b.abs().max()
+
+
+def test_shared_projection_input_is_cast_once_under_autocast():
+    """Self-attention's q/k/v (and cross-attention's k/v) projections share one bf16 cast of their input: fewer
+    aten::_to_copy calls than three independent casts, the same forward values (autocast casts alike)."""
+    torch.manual_seed(0)
+    attn = Attention(q_in_channels=16, kv_in_channels=16, qk_channels=16, v_channels=16, output_channels=16,
+                     num_heads=2)
+    x = torch.randn(B, N, 16)
+    assert attention_module.autocast_input(x) is x  # autocast off: untouched
+    with torch.autocast("cpu", torch.bfloat16):
+        assert attention_module.autocast_input(x).dtype == torch.bfloat16
+
+    def forward_and_casts(shared: bool):
+        with torch.profiler.profile() as prof, torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+            out = attn(x, x) if shared else attn(x, x.clone())
+        return out, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    shared, shared_casts = forward_and_casts(True)
+    separate, separate_casts = forward_and_casts(False)
+    assert torch.equal(shared, separate)
+    assert shared_casts == separate_casts - 1  # x once instead of x for q and once more for k/v
