@@ -50,12 +50,15 @@ def check_mask(mask: Tensor | None, *, batch: int, num_queries: int, num_keys: i
         )
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
 def autocast_input(x: Tensor) -> Tensor:
     """``x`` in the autocast dtype when autocast is on for its device and ``x`` is float32, else ``x``: the cast that
     autocast applies to a linear layer's input, done once for an input that several projections share (autocast
     caches the casts of weights, not of activations)."""
     device = x.device.type
-    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+    if x.dtype == torch.float32 and device in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device):
         return x.to(torch.get_autocast_dtype(device))
     return x
 
