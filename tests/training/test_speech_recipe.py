@@ -1,5 +1,6 @@
 """`perceivers train speech`: the recipe, its settings, the confusion matrix, and a tiny end-to-end run (train,
-metrics.json with the held-out-voice accuracy and baseline, confusion.json / .png, `perceivers eval speech`)."""
+metrics.json with the held-out-voice accuracy and baseline, confusion.json / .png, exact resume, `perceivers eval
+speech`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from perceivers.cli.main import main
 from perceivers.core.errors import ConfigError
@@ -43,8 +45,13 @@ def test_recipe_and_settings():
 def test_tiny_run_writes_accuracy_confusion_and_evals(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PERCEIVERS_CACHE", str(tmp_path / "cache"))
     task = SpeechTask(**TINY)
-    engine = EngineConfig(steps=3, epochs=None, batch_size=8, lr=1e-3, log_every=1, eval_every=0)
+    engine = EngineConfig(steps=4, epochs=None, batch_size=8, lr=1e-3, checkpoint_every=2, log_every=1, eval_every=0)
     result = run_task(task, engine, tmp_path / "run", **QUIET)
+    final = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    # resuming from step 2 replays steps 3-4 (offsets, gains, noise, dropout from the checkpointed RNG) bit for bit
+    run_task(task, engine, tmp_path / "run", resume=tmp_path / "run" / "checkpoints" / "step-00000002", **QUIET)
+    again = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
     assert result["recipe"] == "speech" and result["num_test"] == 20 and result["num_samples"] == 16_000
     assert 0 <= result["test_accuracy"] <= 1 and result["test_accuracy_f2"] == result["test_accuracy"]
     assert result["majority_baseline"] == result["chance"] == 0.05
