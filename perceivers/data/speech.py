@@ -32,7 +32,8 @@ fixed order.
 ``CACHE/speech/words-s{SYNTH_VERSION}-espeak-{version}-{key}.npz``, ``key`` a hash of the settings; ``CACHE``
 is the ``cache_dir`` argument, else ``$PERCEIVERS_CACHE``, else ``$XDG_CACHE_HOME/perceivers``, else
 ``~/.cache/perceivers``; samples are stored as float16 (peak 0.9: a relative precision of 2^-11). An unreadable
-cache file is rebuilt.
+cache file is rebuilt; a cache folder that cannot be written is a warning (the words are synthesised again next
+time).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -328,7 +330,10 @@ def load_speech(settings: SpeechSettings = SpeechSettings(), cache_dir: str | No
         except (OSError, ValueError, KeyError):
             pass  # an unreadable cache file is rebuilt
     split = synthesize_split(settings)
-    write_words_file(split, path)
+    try:
+        write_words_file(split, path)
+    except OSError as exc:  # a read-only or full cache folder: the words are in memory, the next run synthesises again
+        warnings.warn(f"could not cache the synthesised words in {path}: {exc}", stacklevel=2)
     return split
 
 

@@ -118,3 +118,11 @@ def test_missing_extra_and_unloadable_library_are_user_errors(monkeypatch):
 def test_unknown_voice_is_a_config_error():
     with pytest.raises(ConfigError, match=r"voice='xx-nonexistent\+m1' is invalid"):
         synthesize("one", "xx-nonexistent+m1")
+
+
+def test_unwritable_cache_folder_is_a_warning(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    with pytest.warns(UserWarning, match="could not cache the synthesised words"):
+        split = load_speech(TINY, str(blocker))
+    assert len(split.train) == len(WORDS) and blocker.read_text().startswith("a file")
