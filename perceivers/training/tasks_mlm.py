@@ -22,6 +22,7 @@ from perceivers.core.files import atomic_write
 from perceivers.core.validation import (
     check_bool,
     check_choice,
+    check_float,
     check_int,
     check_optional_int,
     fail,
@@ -86,16 +87,19 @@ class MLMTask(Task):
                    "(whole whitespace-delimited words, the paper's)",
         "mask_prob": "share of the masked bytes (words: probability that a word is masked; paper: 0.15)",
         "span_length": "masking=spans: bytes per masked run",
+        "unmasked_weight": "weight of an added loss on reconstructing the unmasked bytes (it teaches the latents "
+                           "where each byte is; 0: the paper's loss on the masked bytes only)",
         "eval_windows": "number of fixed held-out windows scored", "eval_seed": "seed of the held-out masks",
         "data_root": "folder of *.py files to train on (None: this Python's standard library)",
         "include_tests": "also read the standard library's test suites"}
 
     model: str = "perceiver-io-mlm-stdlib"
     length: int | None = None
-    masking: str = "words"
+    masking: str = "bytes"
     mask_prob: float = 0.15
     span_length: int = 3
-    eval_windows: int = 256
+    unmasked_weight: float = 0.5
+    eval_windows: int = 1024
     eval_seed: int = 1234
     data_root: str | None = None
     include_tests: bool = False
@@ -107,6 +111,7 @@ class MLMTask(Task):
             fail("mask_prob", self.mask_prob, "a probability in (0, 1]")
         check_choice("masking", self.masking, MASKINGS)
         check_int("span_length", self.span_length)
+        check_float("unmasked_weight", self.unmasked_weight, minimum=0.0)
         check_int("eval_windows", self.eval_windows)
         check_int("eval_seed", self.eval_seed, minimum=0)
         check_bool("include_tests", self.include_tests)
@@ -147,7 +152,14 @@ class MLMTask(Task):
             return logits.float().sum() * 0.0, {"masked_accuracy": 0.0}
         picked, targets = logits[mask].float(), batch[mask]  # (M, V), (M,)
         accuracy = float((picked.argmax(-1) == targets).float().mean())
-        return F.cross_entropy(picked, targets), {"masked_accuracy": accuracy}
+        loss = F.cross_entropy(picked, targets)
+        metrics = {"masked_accuracy": accuracy, "masked_loss": float(loss.detach())}
+        kept = ~mask & (batch >= NUM_SPECIAL)  # (B, L): the bytes left as they are
+        if self.unmasked_weight > 0 and bool(kept.any()):
+            unmasked = F.cross_entropy(logits[kept].float(), batch[kept])
+            loss = loss + self.unmasked_weight * unmasked
+            metrics["unmasked_loss"] = float(unmasked.detach())
+        return loss, metrics
 
     def draw_mask(self, ids: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The ``masking`` scheme's boolean mask ``(B, L)`` of ``ids (B, L)``."""
@@ -193,6 +205,7 @@ class MLMTask(Task):
         c = self.corpus()
         return {"recipe": "mlm", "model": self.model, "length": self.window, "mask_prob": self.mask_prob,
                 "masking": MASKING_DESCRIPTIONS[self.masking].format(k=self.span_length),
+                "unmasked_weight": self.unmasked_weight,
                 "eval_windows": self.eval_windows,
                 "eval_seed": self.eval_seed,
                 "split": {"rule": f"sha256(relative path)[:8] big-endian % {VALIDATION_MODULUS} == 0 -> validation",

@@ -107,6 +107,20 @@ def test_draw_mask_and_held_out_follow_the_masking_setting():
                        span_mask(ids, 0.15, torch.Generator().manual_seed(2), span_length=5))
 
 
+def test_unmasked_weight_adds_the_loss_on_the_unmasked_bytes():
+    torch.manual_seed(0)
+    model = MLMTask(model="perceiver-io-language-debug").build_model()
+    batch = torch.tensor([encode("def f(x):\n    return x + 1  # one more byte here, " * 2)[:64]] * 4)
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(1)  # the same mask for both
+        losses[weight] = MLMTask(masking="bytes", mask_prob=0.3, unmasked_weight=weight).training_loss(model, batch)
+    (plain, metrics), (weighted, extra) = losses[0.0], losses[0.5]
+    assert "unmasked_loss" not in metrics and extra["masked_loss"] == metrics["masked_loss"]
+    assert extra["unmasked_loss"] > 0
+    assert float(weighted.detach()) == pytest.approx(float(plain.detach()) + 0.5 * extra["unmasked_loss"], rel=1e-5)
+
+
 def test_baseline_byte_skips_whitespace():
     ar = torch.tensor(ARBytesTokenizer().encode("  \n\n\n  eee a"), dtype=torch.int16)
     assert most_frequent_word_byte(ar) == encode("e")[0]
@@ -119,8 +133,10 @@ def test_settings_are_validated():
         MLMTask(masking="chars")
     with pytest.raises(ConfigError, match="span_length"):
         MLMTask(span_length=0)
-    with pytest.raises(ConfigError, match="length=512.*max_seq_len 256"):
-        _ = MLMTask(length=512).window
+    with pytest.raises(ConfigError, match="unmasked_weight"):
+        MLMTask(unmasked_weight=-1.0)
+    with pytest.raises(ConfigError, match="length=64.*max_seq_len 32"):
+        _ = MLMTask(length=64).window
     with pytest.raises(ConfigError, match="model='perceiver-ar-copy'.*perceiver-io-mlm-stdlib"):
         MLMTask(model="perceiver-ar-copy").build_model()
 
