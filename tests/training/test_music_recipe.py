@@ -104,3 +104,26 @@ def test_music_flags_errors(tmp_path, capsys):
         assert err.startswith("perceivers generate: error: ") and len(err.strip().splitlines()) == 1
         assert re.search(message, err), err
     assert not (tmp_path / "a.mid").exists()
+
+
+def test_training_windows_are_transposed_by_up_to_max_transpose(cache, monkeypatch):
+    import torch
+    from torch.utils.data import default_collate
+
+    from perceivers.training import tasks_music
+
+    folder, _ = cache
+    task = MusicTask(cache_dir=str(folder), **TINY)
+    batch = default_collate([task.train_dataset(0)[i] for i in range(0, 400, 50)])
+    seen = []
+    monkeypatch.setattr(tasks_music, "lm_loss", lambda model, windows, lengths, n: seen.append(windows) or 0.0)
+    torch.manual_seed(0)
+    task.training_loss(None, batch)
+    MusicTask(cache_dir=str(folder), max_transpose=0, **TINY).training_loss(None, batch)
+    moved, plain = seen
+    assert torch.equal(plain, batch[0])
+    onset = batch[0] >= ONSET
+    shift = moved - batch[0]  # (B, W): one shift per row, on its onsets only
+    per_row = shift.sum(1) // onset.sum(1)
+    assert torch.equal(moved[~onset], batch[0][~onset]) and per_row.abs().max() <= 5 and per_row.abs().sum() > 0
+    assert torch.equal(shift, per_row[:, None] * onset)
