@@ -26,13 +26,14 @@ different harmonisations, so a validation melody may also be sung in a training 
 **Cache.** Parsing the ~400 MusicXML files takes a minute or two, so the encoded pieces are written once,
 atomically, to ``CACHE/music/bach-chorales-e{ENCODING_VERSION}-music21-{version}.npz``, where ``CACHE`` is the
 ``cache_dir`` argument, else ``$PERCEIVERS_CACHE``, else ``$XDG_CACHE_HOME/perceivers``, else
-``~/.cache/perceivers``; an unreadable cache file is rebuilt.
+``~/.cache/perceivers``; an unreadable cache file is rebuilt, and a folder that cannot be written is a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,11 @@ def load_pieces(cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndar
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is rebuilt
     pieces = encode_files(chorale_paths())
-    save_pieces(path, pieces)
+    try:
+        save_pieces(path, pieces)
+    except OSError as exc:  # a read-only or full cache folder costs the next run a parse, not this one its data
+        warnings.warn(f"could not cache the encoded chorales at {path} ({exc}); set {CACHE_ENV} or cache_dir to a "
+                      "writable folder to skip the parse next time", stacklevel=2)
     return pieces
 
 

@@ -129,3 +129,12 @@ def test_missing_music21_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "music21", None)
     with pytest.raises(UserError, match=r"needs music21.*perceivers\[music\]"):
         music.import_music21()
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")  # a file where the cache folder should be: mkdir fails
+    monkeypatch.setattr(music, "chorale_paths", list)
+    monkeypatch.setattr(music, "encode_files", lambda paths: {"bwv1.6": np.array(EVENTS, np.int16)})
+    with pytest.warns(UserWarning, match="could not cache the encoded chorales"):
+        pieces = music.load_pieces(tmp_path / "file")
+    assert list(pieces) == ["bwv1.6"]
