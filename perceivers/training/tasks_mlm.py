@@ -74,9 +74,10 @@ def most_frequent_word_byte(stream: Tensor) -> int:
 @dataclass(frozen=True, kw_only=True)
 class MLMTask(Task):
     """Masked-byte prediction on windows of ``length`` bytes (default: the model's ``max_seq_len``): bytes masked
-    by ``masking`` with ``mask_prob``, cross-entropy on the masked bytes. Evaluation: masked-byte accuracy on
-    ``eval_windows`` fixed windows of the held-out files (masks drawn from ``eval_seed``), beside the accuracy of
-    always predicting the training text's most frequent non-whitespace byte."""
+    by ``masking`` with ``mask_prob``, cross-entropy on the masked bytes plus ``unmasked_weight`` times that on the
+    unmasked bytes. Evaluation: masked-byte accuracy on ``eval_windows`` fixed windows of the held-out files (masks
+    drawn by the same scheme from ``eval_seed``), beside the accuracy of always predicting the training text's most
+    frequent non-whitespace byte."""
 
     name: ClassVar[str] = "mlm"
     model_kind: ClassVar[str] = MLM_MODEL
