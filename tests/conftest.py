@@ -6,6 +6,7 @@ Big (registered) variants are only ever built on the meta device or at their deb
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -18,6 +19,19 @@ def _seed():
     torch.manual_seed(0)
     random.seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The data caches (music, speech, video, downloads) go to a folder of this test session, never to the user's
+    ~/.cache: a test that forgets to point them elsewhere neither reads a stale cache nor leaves files behind."""
+    old = os.environ.get("PERCEIVERS_CACHE")
+    os.environ["PERCEIVERS_CACHE"] = str(tmp_path_factory.mktemp("perceivers-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PERCEIVERS_CACHE", None)
+    else:
+        os.environ["PERCEIVERS_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from perceivers.core.errors import ConfigError
-from perceivers.core.files import atomic_write
+from perceivers.core.files import atomic_write, cache_root
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _CHUNK = 1 << 20
@@ -31,10 +31,7 @@ def is_url(source: str | os.PathLike) -> bool:
 
 def cache_dir() -> Path:
     """Where downloads are kept: ``$PERCEIVERS_CACHE``, ``$XDG_CACHE_HOME/perceivers`` or ``~/.cache/perceivers``."""
-    if os.environ.get("PERCEIVERS_CACHE"):
-        return Path(os.environ["PERCEIVERS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "perceivers"
+    return cache_root()
 
 
 def cached_path(url: str, folder: str | os.PathLike | None = None) -> Path:

@@ -271,3 +271,18 @@ def safe_torch_load(path: str | os.PathLike, *, error: type[Exception] = ConfigE
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported the same way
         message = f"{path} is corrupted or unreadable: {describe_load_error(exc)}"
     raise error(message)
+
+
+#: The environment variable that moves every cache of the package (downloads, encoded chorales, spoken words, clips).
+CACHE_ENV = "PERCEIVERS_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The package's cache folder: ``cache_dir`` when given, else ``$PERCEIVERS_CACHE``, else
+    ``$XDG_CACHE_HOME/perceivers``, else ``~/.cache/perceivers``. Nothing is created here."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "perceivers"

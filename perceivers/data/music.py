@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from perceivers.core.errors import ConfigError, UserError
-from perceivers.core.files import atomic_write
+from perceivers.core.files import CACHE_ENV, atomic_write, cache_root
 from perceivers.tokenizers import AR_EOS_ID, AR_SOS_ID
 
 ENCODING_VERSION = 1
@@ -53,7 +53,6 @@ VOCAB_SIZE = ONSET + NUM_PITCHES  # 133
 VOICES = ("soprano", "alto", "tenor", "bass")
 STEPS_PER_QUARTER = 4  # 16th-note grid
 VALIDATION_MODULUS = 10
-CACHE_ENV = "PERCEIVERS_CACHE"
 #: What to install when music21 is missing (the error names it).
 INSTALL_HINT = "pip install 'perceivers[music]' (or pip install music21)"
 
@@ -82,16 +81,6 @@ def is_validation_piece(name: str) -> bool:
     digest = hashlib.sha256(name.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % VALIDATION_MODULUS == 0
 
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$PERCEIVERS_CACHE``, else ``$XDG_CACHE_HOME/perceivers``, else
-    ``~/.cache/perceivers``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "perceivers"
 
 
 def cache_path(cache_dir: str | os.PathLike | None = None) -> Path:

