@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor, nn
@@ -183,6 +184,79 @@ def perceiver_ar_overrides(task: Any, *, context: int | None) -> dict[str, Any]:
     return overrides
 
 
+@dataclass(frozen=True, kw_only=True)
+class ARStreamTask(Task):
+    """What the tasks that train Perceiver AR on windows of one token stream share (``text``, ``music``): the size
+    overrides, the checked (context M, latents N) of the configured model, the training windows, the
+    language-modelling loss and the validation windows. A subclass sets ``model``, :attr:`accepts` and
+    :attr:`expected_model`, and implements :meth:`corpus` (an object with ``train`` and ``validation`` streams)."""
+
+    #: Which registered configs the ``model`` setting may name, and that family in words (its error message).
+    accepts: ClassVar[Callable[[Any], bool]]
+    expected_model: ClassVar[str] = "Perceiver AR model"
+
+    model: str
+    context: int | None = None
+    num_latents: int | None = None
+    channels: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    max_wavelength: int | None = None
+    eval_windows: int = 64
+    eval_context: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("context", *AR_SIZES, "max_wavelength", "eval_context"):
+            check_optional_int(name, getattr(self, name))
+        check_int("eval_windows", self.eval_windows)
+        if self.context is not None and self.eval_context is not None and self.eval_context < self.context:
+            fail("eval_context", self.eval_context, f">= context={self.context}")
+
+    @abstractmethod
+    def corpus(self) -> Any:
+        """The token streams: ``.train`` and ``.validation``, 1-D int64 tensors."""
+
+    def for_model(self, model: nn.Module) -> Self:
+        """This task with the loaded model's context and latents (scored as the training run scored it)."""
+        super().for_model(model)  # ConfigError unless the model fits
+        c = model.config
+        return dataclasses.replace(self, context=c.max_context_length, num_latents=c.num_latents)
+
+    def model_overrides(self) -> dict[str, Any]:
+        overrides = perceiver_ar_overrides(self, context=self.context)
+        if self.max_wavelength is not None:
+            overrides["max_wavelength"] = self.max_wavelength
+        return overrides
+
+    @cached_property
+    def _dims(self) -> tuple[int, int]:
+        """(context M, latents N) of the configured model (validated by its config)."""
+        c = model_config("model", self.model, type(self).accepts, self.expected_model, **self.model_overrides())
+        if self.eval_context is not None and self.eval_context < c.max_context_length:
+            fail("eval_context", self.eval_context, f">= the model's context {c.max_context_length}")
+        return c.max_context_length, c.num_latents
+
+    def build_model(self) -> nn.Module:
+        _ = self._dims  # fail early on a model of another family or a too short eval_context
+        return create_model(self.model, **self.model_overrides())
+
+    def train_dataset(self, seed: int) -> Dataset:
+        context, latents = self._dims
+        return TextWindows(self.corpus().train, context=context, min_length=latents)
+
+    def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        windows, lengths = batch  # (B, W), (B,)
+        return lm_loss(model, windows, lengths, self._dims[1]), {}
+
+    def score_validation(self, model: nn.Module) -> dict[str, float]:
+        """``bits_per_byte`` (bits per scored target) and ``num_predicted_bytes`` on the fixed validation windows."""
+        context, latents = self._dims
+        val = validation_windows(self.corpus().validation, num_windows=self.eval_windows,
+                                 context=self.eval_context or context)
+        return evaluate_bits_per_byte(model, val, num_latents=latents, context=context,
+                                      device=next(model.parameters()).device)
+
+
 @lru_cache(maxsize=2)
 def _corpus(root: str | None, include_tests: bool) -> TextCorpus:
     """The corpus, read once per process for every task that trains on it (e.g. the two models of a benchmark)."""
@@ -190,7 +264,7 @@ def _corpus(root: str | None, include_tests: bool) -> TextCorpus:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextTask(Task):
+class TextTask(ARStreamTask):
     """Byte-level Perceiver AR on the Python standard library's sources (:mod:`perceivers.data.text`).
 
     ``context`` / ``num_latents`` / ``channels`` / ``num_layers`` / ``num_heads`` / ``max_wavelength`` (rotary
@@ -211,70 +285,24 @@ class TextTask(Task):
         "data_root": "folder of *.py files to train on (None: this Python's standard library)",
         "include_tests": "also read the standard library's test suites"}
 
+    accepts: ClassVar[Callable[[Any], bool]] = staticmethod(is_perceiver_ar)
+
     model: str = "perceiver-ar-stdlib-bytes"
-    context: int | None = None
-    num_latents: int | None = None
-    channels: int | None = None
-    num_layers: int | None = None
-    num_heads: int | None = None
-    max_wavelength: int | None = None
-    eval_windows: int = 64
-    eval_context: int | None = None
     data_root: str | None = None  # default: the running interpreter's stdlib
     include_tests: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("context", *AR_SIZES, "max_wavelength", "eval_context"):
-            check_optional_int(name, getattr(self, name))
-        check_int("eval_windows", self.eval_windows)
+        super().__post_init__()
         check_bool("include_tests", self.include_tests)
-        if self.context is not None and self.eval_context is not None and self.eval_context < self.context:
-            fail("eval_context", self.eval_context, f">= context={self.context}")
 
     def fits(self, config: Any) -> bool:
         return is_byte_perceiver_ar(config)
 
-    def for_model(self, model: nn.Module) -> TextTask:
-        """This task with the loaded model's context and latents (scored as the training run scored it)."""
-        super().for_model(model)  # ConfigError unless the model fits
-        c = model.config
-        return dataclasses.replace(self, context=c.max_context_length, num_latents=c.num_latents)
-
-    def model_overrides(self) -> dict[str, Any]:
-        overrides = perceiver_ar_overrides(self, context=self.context)
-        if self.max_wavelength is not None:
-            overrides["max_wavelength"] = self.max_wavelength
-        return overrides
-
-    @cached_property
-    def _dims(self) -> tuple[int, int]:
-        """(context M, latents N) of the configured model (validated by its config)."""
-        c = model_config("model", self.model, is_perceiver_ar, "Perceiver AR model", **self.model_overrides())
-        if self.eval_context is not None and self.eval_context < c.max_context_length:
-            fail("eval_context", self.eval_context, f">= the model's context {c.max_context_length}")
-        return c.max_context_length, c.num_latents
-
     def corpus(self) -> TextCorpus:
         return _corpus(self.data_root, self.include_tests)
 
-    def build_model(self) -> nn.Module:
-        _ = self._dims  # fail early on a model of another family or a too short eval_context
-        return create_model(self.model, **self.model_overrides())
-
-    def train_dataset(self, seed: int) -> Dataset:
-        context, latents = self._dims
-        return TextWindows(self.corpus().train, context=context, min_length=latents)
-
-    def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        windows, lengths = batch  # (B, W), (B,)
-        return lm_loss(model, windows, lengths, self._dims[1]), {}
-
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        context, latents = self._dims
-        val = validation_windows(self.corpus().validation, num_windows=self.eval_windows,
-                                 context=self.eval_context or context)
-        result = evaluate_bits_per_byte(model, val, num_latents=latents, context=context,
-                                        device=next(model.parameters()).device)
+        result = self.score_validation(model)
         return {"validation_bits_per_byte": result["bits_per_byte"],
                 "num_validation_bytes": result["num_predicted_bytes"]}
 

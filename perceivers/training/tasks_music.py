@@ -9,17 +9,16 @@ transposed by a random number of semitones in ``[-max_transpose, max_transpose]`
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from perceivers.core.validation import check_int, check_optional_int, fail
+from perceivers.core.validation import check_int, fail
 from perceivers.data.music import (
     ENCODING_VERSION,
     VALIDATION_MODULUS,
@@ -28,16 +27,11 @@ from perceivers.data.music import (
     load_music_corpus,
     transpose,
 )
-from perceivers.data.text import TextWindows, validation_windows
-from perceivers.models import create_model
-from perceivers.training.losses import evaluate_bits_per_byte, lm_loss
-from perceivers.training.task import Task, model_config
 from perceivers.training.tasks import (
     AR_ALIASES,
     AR_SETTING_HELP,
-    AR_SIZES,
+    ARStreamTask,
     is_perceiver_ar,
-    perceiver_ar_overrides,
 )
 
 #: What the music task trains and ``perceivers eval music`` scores.
@@ -56,7 +50,7 @@ def music_corpus(cache_dir: str | None) -> MusicCorpus:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MusicTask(Task):
+class MusicTask(ARStreamTask):
     """Perceiver AR on the Bach chorales' events (see the module doc).
 
     ``context`` / ``num_latents`` / ``channels`` / ``num_layers`` / ``num_heads`` / ``max_wavelength`` override the
@@ -77,78 +71,37 @@ class MusicTask(Task):
         "eval_context": "validation window length (None: the model's context); >= context",
         "cache_dir": "folder of the encoded-chorale cache (None: $PERCEIVERS_CACHE or ~/.cache/perceivers)"}
 
+    accepts: ClassVar[Callable[[Any], bool]] = staticmethod(is_music_perceiver_ar)
+    expected_model: ClassVar[str] = MUSIC_MODEL
+
     model: str = "perceiver-ar-music"
-    context: int | None = None
-    num_latents: int | None = None
-    channels: int | None = None
-    num_layers: int | None = None
-    num_heads: int | None = None
-    max_wavelength: int | None = None
     max_transpose: int = 5
     eval_windows: int = 128
-    eval_context: int | None = None
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("context", *AR_SIZES, "max_wavelength", "eval_context"):
-            check_optional_int(name, getattr(self, name))
-        check_int("eval_windows", self.eval_windows)
+        super().__post_init__()
         check_int("max_transpose", self.max_transpose, minimum=0)
         if self.max_transpose > 24:
             fail("max_transpose", self.max_transpose, "at most 24 semitones")
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             fail("cache_dir", self.cache_dir, "a folder path (str) or None")
-        if self.context is not None and self.eval_context is not None and self.eval_context < self.context:
-            fail("eval_context", self.eval_context, f">= context={self.context}")
 
     def fits(self, config: Any) -> bool:
         return is_music_perceiver_ar(config)
 
-    def for_model(self, model: nn.Module) -> MusicTask:
-        """This task with the loaded model's context and latents (scored as the training run scored it)."""
-        super().for_model(model)  # ConfigError unless the model fits
-        c = model.config
-        return dataclasses.replace(self, context=c.max_context_length, num_latents=c.num_latents)
-
-    def model_overrides(self) -> dict[str, Any]:
-        overrides = perceiver_ar_overrides(self, context=self.context)
-        if self.max_wavelength is not None:
-            overrides["max_wavelength"] = self.max_wavelength
-        return overrides
-
-    @cached_property
-    def _dims(self) -> tuple[int, int]:
-        """(context M, latents N) of the configured model (validated by its config)."""
-        c = model_config("model", self.model, is_music_perceiver_ar, MUSIC_MODEL, **self.model_overrides())
-        if self.eval_context is not None and self.eval_context < c.max_context_length:
-            fail("eval_context", self.eval_context, f">= the model's context {c.max_context_length}")
-        return c.max_context_length, c.num_latents
-
     def corpus(self) -> MusicCorpus:
         return music_corpus(self.cache_dir)
-
-    def build_model(self) -> nn.Module:
-        _ = self._dims  # fail early on a model of another family or vocabulary
-        return create_model(self.model, **self.model_overrides())
-
-    def train_dataset(self, seed: int) -> Dataset:
-        context, latents = self._dims
-        return TextWindows(self.corpus().train, context=context, min_length=latents)
 
     def training_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
         windows, lengths = batch  # (B, W), (B,)
         if self.max_transpose > 0:  # draws from the global RNG (seeded and checkpointed by the engine)
             shifts = torch.randint(-self.max_transpose, self.max_transpose + 1, (windows.shape[0],))
             windows = transpose(windows, shifts.to(windows.device))
-        loss = lm_loss(model, windows, lengths, self._dims[1])
-        return loss, {}
+        return super().training_loss(model, (windows, lengths))
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        context, latents = self._dims
-        val = validation_windows(self.corpus().validation, num_windows=self.eval_windows,
-                                 context=self.eval_context or context)
-        result = evaluate_bits_per_byte(model, val, num_latents=latents, context=context,
-                                        device=next(model.parameters()).device)
+        result = self.score_validation(model)
         bits = result["bits_per_byte"]  # per scored target that is an event (REST, HOLD or onset; ids >= 3)
         return {"validation_nats_per_event": bits * math.log(2), "validation_bits_per_event": bits,
                 "num_validation_events": result["num_predicted_bytes"]}

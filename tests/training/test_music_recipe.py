@@ -110,13 +110,13 @@ def test_training_windows_are_transposed_by_up_to_max_transpose(cache, monkeypat
     import torch
     from torch.utils.data import default_collate
 
-    from perceivers.training import tasks_music
+    from perceivers.training import tasks
 
     folder, _ = cache
     task = MusicTask(cache_dir=str(folder), **TINY)
     batch = default_collate([task.train_dataset(0)[i] for i in range(0, 400, 50)])
     seen = []
-    monkeypatch.setattr(tasks_music, "lm_loss", lambda model, windows, lengths, n: seen.append(windows) or 0.0)
+    monkeypatch.setattr(tasks, "lm_loss", lambda model, windows, lengths, n: seen.append(windows) or 0.0)
     torch.manual_seed(0)
     task.training_loss(None, batch)
     MusicTask(cache_dir=str(folder), max_transpose=0, **TINY).training_loss(None, batch)
