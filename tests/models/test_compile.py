@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testkit.models import float_tensors
 
 from perceivers.generation import PerceiverARCache
 from perceivers.models import get_entry
@@ -25,16 +26,6 @@ FAMILIES = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _floats(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _floats(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _floats(v)]
-    return []
-
-
 def _debug_model(name: str) -> torch.nn.Module:
     entry = get_entry(name)
     torch.manual_seed(0)
@@ -46,9 +37,9 @@ def _debug_model(name: str) -> torch.nn.Module:
 def test_every_family_compiles_without_graph_breaks(family):
     model = _debug_model(FAMILIES[family])
     kwargs = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
-    expected = _floats(model(**kwargs))
+    expected = float_tensors(model(**kwargs))
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # a graph break raises
-    got = _floats(compiled(**kwargs))
+    got = float_tensors(compiled(**kwargs))
     assert expected and len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

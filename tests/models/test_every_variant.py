@@ -5,19 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testkit.models import float_tensors
 
 import perceivers
 from perceivers.models import get_entry, list_models
-
-
-def _floats(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _floats(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _floats(v)]
-    return []
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,7 +29,7 @@ def test_variant_at_debug_size_trains_and_round_trips(name, tmp_path):
     model = entry.model_cls(config)
     assert model.num_parameters() < 2_000_000, "debug size should be small"
     kwargs = model.example_inputs(2, generator=torch.Generator().manual_seed(0))
-    outputs = _floats(model(**kwargs))
+    outputs = float_tensors(model(**kwargs))
     assert outputs and all(torch.isfinite(t).all() for t in outputs)
     sum(t.square().mean() for t in outputs).backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -52,5 +43,5 @@ def test_variant_at_debug_size_trains_and_round_trips(name, tmp_path):
     assert loaded.state_dict().keys() == expected.keys()
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
     with torch.no_grad():
-        for a, b in zip(_floats(loaded(**kwargs)), _floats(model(**kwargs)), strict=True):
+        for a, b in zip(float_tensors(loaded(**kwargs)), float_tensors(model(**kwargs)), strict=True):
             assert torch.equal(a, b)

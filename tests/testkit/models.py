@@ -85,3 +85,14 @@ def official_haiku_tree(model: torch.nn.Module) -> dict:
             value = state[f"{ours}.{suffix}" if suffix else ours].numpy()
             tree.setdefault(module, {})[param] = value.T.copy() if (kind, param) == ("linear", "w") else value
     return tree
+
+
+def float_tensors(out) -> list[torch.Tensor]:
+    """The floating-point tensors of a model output (a tensor, or dicts/tuples/lists of them), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in float_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in float_tensors(v)]
+    return []
