@@ -13,38 +13,12 @@ from typing import Any
 
 from torch import nn
 
-from perceivers.core.errors import ConfigError, UserError
+from perceivers.core.errors import ConfigError
 from perceivers.core.files import atomic_write, bytes_writer
 from perceivers.core.validation import check_choice
+from perceivers.training.plot import check_output, pyplot  # noqa: F401 (re-exported for the picture modules)
 from perceivers.training.recipes import RECIPES
 from perceivers.training.task import Task, model_kind
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend; a :class:`UserError` naming the extra when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
-    return plt
-
-
-def check_output(path: str | Path) -> Path:
-    """``path`` as a :class:`Path` whose folder exists and whose extension names an image format matplotlib
-    writes; ``ConfigError`` naming ``--out`` otherwise."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    target = Path(path)
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if target.suffix.lstrip(".").lower() not in formats:
-        raise ConfigError(f"--out {target}: cannot tell the image format from its extension; use one of "
-                          f"{', '.join('.' + f for f in sorted(formats))}")
-    if not target.parent.is_dir():
-        raise ConfigError(f"--out {target}: the folder {target.parent} does not exist")
-    return target
 
 
 def save_figure(fig: Any, target: Path, *, dpi: int = 100) -> Path:

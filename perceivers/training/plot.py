@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 from perceivers.core.errors import ConfigError, UserError
 
@@ -42,6 +43,34 @@ def read_csv(path: Path) -> dict[str, list[float]]:
     return columns
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; a :class:`UserError` naming the extra when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
+    return plt
+
+
+def check_output(path: str | Path, label: str = "--out") -> Path:
+    """``path`` as a :class:`Path` whose folder exists and whose extension names an image format matplotlib
+    writes; ``ConfigError`` naming ``label`` (the flag that gave the path) and the path otherwise."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    target = Path(path)
+    name = f"{label} {target}".strip()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if target.suffix.lstrip(".").lower() not in formats:
+        raise ConfigError(f"{name}: cannot tell the image format from its extension; use one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{name}: the folder {target.parent} does not exist")
+    return target
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw every training metric (loss, lr, grad norm, throughput, task metrics) and every evaluation metric
     against the step, one panel each, into ``out`` (default ``RUN_DIR/curves.png``); returns the path."""
@@ -49,21 +78,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     train_csv, eval_csv = run / "metrics.csv", run / "eval.csv"
     if not train_csv.is_file():
         raise ConfigError(f"{train_csv} is missing: RUN_DIR must be a folder written by `perceivers train`")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError:
-        raise UserError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
-    target = Path(out) if out is not None else run / "curves.png"
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if target.suffix.lstrip(".").lower() not in formats:
-        raise ConfigError(f"{target}: cannot tell the image format from its extension; use one of "
-                          f"{', '.join('.' + f for f in sorted(formats))}")
-    if not target.parent.is_dir():
-        raise ConfigError(f"{target}: the folder {target.parent} does not exist")
+    plt = pyplot()
+    target = check_output(out if out is not None else run / "curves.png", label="--out" if out is not None else "")
     panels: list[tuple[str, list[float], list[float], str]] = []
     train = read_csv(train_csv)
     panels += [(name, train["step"], values, "train") for name, values in train.items() if _is_curve(name)]
