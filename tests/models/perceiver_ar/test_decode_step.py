@@ -90,4 +90,6 @@ def test_a_decode_step_stays_within_its_operator_budget():
     model(torch.tensor([[3], [4]]), cache=cache)
     with CountOps() as count:
         model(torch.tensor([[3], [4]]), cache=cache)
-    assert count.calls <= 40 * 6 + 80, count.calls
+    # Budget halfway between the two, so that another torch release or CPU dispatching an op or two differently
+    # cannot fail it while losing the lean step still does.
+    assert count.calls <= 400, count.calls
