@@ -66,75 +66,42 @@ def read_bandwidth(repeats: int = 5) -> float:
     return w.numel() * w.element_size() / best
 
 
-def bench_perceivers(args, prompt: torch.Tensor) -> dict:
-    from perceivers.bench.ar import ARSpec, run_ours
+def _spec(args):
+    from perceivers.bench.ar import ARSpec
 
-    spec = ARSpec(prompt_len=args.prompt_len, new_tokens=args.new_tokens, latents=args.latents, layers=args.layers,
-                  channels=args.channels, heads=args.heads, window=args.window)
-    model, run = run_ours(spec, prompt, cache_latents=args.cache_latents)
-    run(3)  # warm-up
-    t0, stamps = run(args.new_tokens)
+    return ARSpec(prompt_len=args.prompt_len, new_tokens=args.new_tokens, latents=args.latents, layers=args.layers,
+                  channels=args.channels, heads=args.heads, lucidrains_tokens=args.lucidrains_tokens,
+                  window=args.window)
+
+
+def _time(run, new_tokens: int, warmup: int, name: str, window: int) -> dict:
+    run(warmup)
+    t0, stamps = run(new_tokens)
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    result = summarise("perceivers", stamps[0] - t0, gaps, args.window)
+    return summarise(name, stamps[0] - t0, gaps, window)
+
+
+def bench_perceivers(args, prompt: torch.Tensor) -> dict:
+    from perceivers.bench.ar import run_ours
+
+    model, run = run_ours(_spec(args), prompt, cache_latents=args.cache_latents)
+    result = _time(run, args.new_tokens, 3, "perceivers", args.window)
     result["bytes_per_token"] = decode_bytes_per_token(model, args)
     return result
 
 
 def bench_krasserm(args, prompt: torch.Tensor) -> dict:
-    from perceiver.model.core.config import CausalSequenceModelConfig
-    from perceiver.model.core.modules import CausalSequenceModel
+    from perceivers.bench.ar import run_krasserm
 
-    config = CausalSequenceModelConfig(
-        vocab_size=259, max_seq_len=args.prompt_len + args.new_tokens, max_latents=args.latents,
-        num_channels=args.channels, num_heads=args.heads, num_self_attention_layers=args.layers,
-        cross_attention_dropout=0.0)
-    model = CausalSequenceModel(config).eval()
-    run_krasserm(model, args, prompt, 3)  # warm-up
-    t0, stamps = run_krasserm(model, args, prompt, args.new_tokens)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return summarise("krasserm perceiver-io 0.11 (KV cache)", stamps[0] - t0, gaps, args.window)
-
-
-@torch.no_grad()
-def run_krasserm(model, args, prompt: torch.Tensor, new_tokens: int) -> tuple[float, list[float]]:
-    t0 = time.perf_counter()
-    prefix = args.prompt_len - args.latents
-    out = model(prompt, prefix_len=prefix, kv_cache=[])
-    cache, stamps = out.kv_cache, []
-    for step in range(new_tokens):
-        token = out.logits[:, -1].argmax(-1)
-        stamps.append(time.perf_counter())
-        if step == new_tokens - 1:
-            break
-        if cache[0][0].shape[1] + 1 - prefix > args.latents:  # keep max_latents latents (HF wrapper rule)
-            prefix += 1
-            cache = [cache[0]] + [(k[:, -(args.latents - 1):], v[:, -(args.latents - 1):]) for k, v in cache[1:]]
-        out = model(token[:, None], prefix_len=prefix, kv_cache=cache)
-        cache = out.kv_cache
-    return t0, stamps
+    _, run = run_krasserm(_spec(args), prompt)
+    return _time(run, args.new_tokens, 3, "krasserm perceiver-io 0.11 (KV cache)", args.window)
 
 
 def bench_lucidrains(args, prompt: torch.Tensor) -> dict:
-    from perceiver_ar_pytorch import PerceiverAR
+    from perceivers.bench.ar import run_lucidrains
 
-    model = PerceiverAR(num_tokens=259, dim=args.channels, depth=args.layers,
-                        max_seq_len=args.prompt_len + args.new_tokens, cross_attn_seq_len=args.prompt_len - args.latents,
-                        dim_head=args.channels // args.heads, heads=args.heads).eval()
-
-    @torch.no_grad()
-    def run(new_tokens: int) -> tuple[float, list[float]]:
-        seq, stamps = prompt, []
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            token = model(seq)[:, -1].argmax(-1)  # reruns the whole window: no cache
-            stamps.append(time.perf_counter())
-            seq = torch.cat([seq, token[:, None]], dim=1)
-        return t0, stamps
-
-    run(2)  # warm-up
-    t0, stamps = run(min(args.lucidrains_tokens, args.new_tokens))
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return summarise("lucidrains perceiver-ar-pytorch 0.0.10 (no cache)", stamps[0] - t0, gaps, args.window)
+    _, run = run_lucidrains(_spec(args), prompt)  # times at most --lucidrains-tokens tokens: it has no cache
+    return _time(run, args.new_tokens, 2, "lucidrains perceiver-ar-pytorch 0.0.10 (no cache)", args.window)
 
 
 def main() -> None:
