@@ -27,36 +27,25 @@ ACTIVATIONS: tuple[str, ...] = ("gelu_tanh", "gelu", "sq_relu", "relu", "geglu")
 LAYER_NORM_EPS = 1e-5
 
 
-def activation_fn(name: str, x: Tensor) -> Tensor:
+def activation_fn(name: str, x: Tensor, *, inplace: bool = False) -> Tensor:
     """Apply the named activation: tanh-approximated GELU (official default), exact GELU (HF
     transformers' ``"gelu"``), squared ReLU (Perceiver AR / HiP), ReLU, or GEGLU (lucidrains'
-    perceiver-pytorch: ``x: (..., 2F)`` -> ``a * gelu(g)`` with ``a, g = x.chunk(2)``, exact GELU, ``(..., F)``)."""
+    perceiver-pytorch: ``x: (..., 2F)`` -> ``a * gelu(g)`` with ``a, g = x.chunk(2)``, exact GELU, ``(..., F)``).
+
+    ``inplace=True`` (inference only: no autograd) overwrites ``x`` with the same values, saving a second buffer of
+    the MLP's widest activation; GEGLU, half as wide an output, is always computed out of place."""
     if name == "gelu_tanh":
-        return F.gelu(x, approximate="tanh")
+        return torch.ops.aten.gelu_(x, approximate="tanh") if inplace else F.gelu(x, approximate="tanh")
     if name == "gelu":
-        return F.gelu(x)
+        return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
     if name == "sq_relu":
-        return F.relu(x).square()
+        return x.relu_().square_() if inplace else F.relu(x).square()
     if name == "relu":
-        return F.relu(x)
+        return x.relu_() if inplace else F.relu(x)
     if name == "geglu":
         a, gate = x.chunk(2, dim=-1)
         return a * F.gelu(gate)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
-
-
-def activation_inplace(name: str, x: Tensor) -> Tensor:
-    """:func:`activation_fn` overwriting ``x`` (no autograd: inference), the same values without a second buffer
-    of the MLP's widest activation; GEGLU (half as wide an output) is computed out of place."""
-    if name == "gelu_tanh":
-        return torch.ops.aten.gelu_(x, approximate="tanh")
-    if name == "gelu":
-        return torch.ops.aten.gelu_(x)
-    if name == "sq_relu":
-        return x.relu_().square_()
-    if name == "relu":
-        return x.relu_()
-    return activation_fn(name, x)
 
 
 class MLP(nn.Module):
@@ -84,7 +73,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
-        h = activation_inplace(self.activation, h) if not h.requires_grad else activation_fn(self.activation, h)
+        h = activation_fn(self.activation, h, inplace=not h.requires_grad)
         return self.dropout(self.fc2(h))
 
 

@@ -14,7 +14,6 @@ from perceivers.layers.blocks import (
     CrossAttentionBlock,
     SelfAttentionBlock,
     activation_fn,
-    activation_inplace,
 )
 
 B, N, M, CQ, CKV = 2, 3, 5, 6, 10
@@ -153,7 +152,7 @@ def test_mlp_inference_activation_in_place_gives_the_same_values(name):
     with torch.no_grad():
         h = mlp.fc1(x)
         expected = activation_fn(name, h.clone())
-        out = activation_inplace(name, h)
+        out = activation_fn(name, h, inplace=True)
         assert torch.equal(out, expected)
         if name != "geglu":  # overwritten: no second buffer of the widest activation
             assert out.data_ptr() == h.data_ptr()
