@@ -10,6 +10,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from testkit.cli import cli_error
+
 from perceivers import from_pretrained  # noqa: E402
 from perceivers.cli.main import main  # noqa: E402
 from perceivers.converters.hf import convert_hf_folder, convert_to_hf_folder  # noqa: E402
@@ -123,11 +125,7 @@ def _copy(src, dst):
 
 
 def _cli_error(capsys, src, out) -> str:
-    capsys.readouterr()
-    assert main(["convert", "hf", str(src), str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
+    return cli_error(capsys, ["convert", "hf", str(src), str(out)])
 
 
 def test_errors(saved, tmp_path, capsys):

@@ -8,9 +8,9 @@ import os
 
 import pytest
 import torch
+from testkit.cli import cli_error
 
 from perceivers import get_config
-from perceivers.cli.main import main
 from perceivers.converters.hf import SUPPORTED, convert_hf_folder
 from perceivers.models.registry import get_entry
 
@@ -18,20 +18,12 @@ from perceivers.models.registry import get_entry
 UNSAFE_ADVICE = ("weights_only=False", "set to `False`", "Re-running", "trusted source", "safe_globals")
 
 
-def _cli_error(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 @pytest.mark.parametrize(("variant", "family"), [("perceiver-ar-debug", "Perceiver AR"), ("hip-debug", "HiP"),
                                                  ("hip-mae-digits-classifier", "HiP")])
 def test_to_hf_names_the_family_and_what_converts(variant, family, tmp_path, capsys):
     entry = get_entry(variant)
     entry.model_cls(get_config(variant).debug_size()).save_pretrained(tmp_path / "ours")
-    err = _cli_error(capsys, ["convert", "to-hf", str(tmp_path / "ours"), str(tmp_path / "out")])
+    err = cli_error(capsys, ["convert", "to-hf", str(tmp_path / "ours"), str(tmp_path / "out")])
     assert f"transformers has no {family}" in err and "only Perceiver IO models" in err
     assert all(head in err for head in SUPPORTED)
     assert not (tmp_path / "out").exists()
@@ -47,13 +39,13 @@ def _hf_folder_with_bin(folder, state) -> None:
 def test_refused_pickle_never_advises_unsafe_loading(tmp_path, capsys):
     src = tmp_path / "hf"
     _hf_folder_with_bin(src, {"w": torch.zeros(2), "x": collections.OrderedDict(f=os.getcwd)})
-    err = _cli_error(capsys, ["convert", "hf", str(src), str(tmp_path / "out")])
+    err = cli_error(capsys, ["convert", "hf", str(src), str(tmp_path / "out")])
     assert "pytorch_model.bin is corrupted or unreadable" in err and "getcwd" in err and "model.safetensors" in err
     assert not any(a in err for a in UNSAFE_ADVICE), err
     with pytest.raises(ValueError) as info:
         convert_hf_folder(src)
     assert not any(a in str(info.value) for a in UNSAFE_ADVICE)
     (src / "pytorch_model.bin").write_bytes(b"not a zip file at all")  # corrupt: torch's reason is kept
-    err = _cli_error(capsys, ["convert", "hf", str(src), str(tmp_path / "out")])
+    err = cli_error(capsys, ["convert", "hf", str(src), str(tmp_path / "out")])
     assert "unreadable" in err and not any(a in err for a in UNSAFE_ADVICE), err
     assert not (tmp_path / "out").exists()

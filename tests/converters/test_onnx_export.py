@@ -9,6 +9,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from testkit.cli import cli_error
+
 from perceivers import get_config
 from perceivers.cli.main import main
 from perceivers.converters.onnx import (
@@ -75,26 +77,18 @@ def test_onnxruntime_matches_pytorch(variant, dynamic, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left
 
 
-def _cli_error(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 @pytest.mark.parametrize(("variant", "message"), [("perceiver-ar-debug", "cannot export a PerceiverAR to ONNX")])
 def test_unsupported_models_are_one_line_errors(variant, message, tmp_path, capsys):
     get_entry(variant).model_cls(get_config(variant).debug_size()).save_pretrained(tmp_path / "m")
-    assert message in _cli_error(capsys, ["export", "onnx", str(tmp_path / "m"), str(tmp_path / "m.onnx")])
+    assert message in cli_error(capsys, ["export", "onnx", str(tmp_path / "m"), str(tmp_path / "m.onnx")])
     assert not (tmp_path / "m.onnx").exists()
-    assert "MODEL_DIR" in _cli_error(capsys, ["export", "onnx", str(tmp_path / "none"), str(tmp_path / "m.onnx")])
+    assert "MODEL_DIR" in cli_error(capsys, ["export", "onnx", str(tmp_path / "none"), str(tmp_path / "m.onnx")])
 
 
 def test_cli_export_and_atomic_file(tmp_path, capsys, monkeypatch):
     _model("perceiver-io-digits").save_pretrained(tmp_path / "m")
     out = tmp_path / "m.onnx"
-    assert "opset=30 is invalid" in _cli_error(capsys, ["export", "onnx", str(tmp_path / "m"), str(out),
+    assert "opset=30 is invalid" in cli_error(capsys, ["export", "onnx", str(tmp_path / "m"), str(out),
                                                         "--opset", "30"])
     assert main(["export", "onnx", str(tmp_path / "m"), str(out)]) == 0
     model = from_pretrained(tmp_path / "m")
