@@ -9,7 +9,8 @@ steps and prints one JSON object on the last line of stdout: ``impl``, ``mode``,
 building the model and inputs, before the first step), ``peak_cuda_mib`` on CUDA (``max_memory_allocated``) and
 ``notes``; or ``{"impl": ..., "unavailable": reason}`` when the peer is not installed or does not run here.
 
-A training step is forward, cross-entropy on random labels, backward and an AdamW step (``zero_grad`` to None);
+A training step is forward, cross-entropy on random labels, backward and an AdamW step (``zero_grad`` to None), the
+same fused AdamW for every implementation (:func:`perceivers.training.optim.adamw`, as the training engine uses);
 inference is a forward under ``torch.inference_mode`` in eval mode. ``--precision bf16`` runs the forward (and
 loss) under ``torch.autocast(device, torch.bfloat16)`` with fp32 weights, for every implementation alike;
 ``--precision bf16-weights`` (inference only) casts the model and the inputs to bf16 and runs without autocast.
@@ -30,6 +31,7 @@ import torch
 
 from perceivers.bench.peers import IMPLS, PeerUnavailable, build
 from perceivers.bench.spec import SPECS, matmul_flops
+from perceivers.training.optim import adamw
 
 MODES = ("train", "infer")
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
@@ -76,7 +78,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, args.m, spec.input_channels, generator=gen).to(device=device, dtype=dtype)
     labels = torch.randint(0, spec.num_classes, (args.batch,), generator=gen).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if training else None
+    optimizer = adamw(model.parameters(), lr=1e-4) if training else None
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
 

@@ -115,7 +115,7 @@ class _Run:
         self.model = D.wrap(self.raw, cfg.strategy, ctx, blocks, find_unused_parameters=cfg.find_unused_parameters)
         self.plain = self.model.module if cfg.strategy == "ddp" else self.raw  # unwrapped (FSDP: sharded in place)
         self.optimizer = build_optimizer(self.raw, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                         betas=cfg.betas, eps=cfg.eps)
+                                         betas=cfg.betas, eps=cfg.eps, fused=cfg.fused_optimizer)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
         self.warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_fraction * self.total)
         seed_all(cfg.seed * 1_000_003 + 7_919 * (ctx.rank + 1))  # per-rank training streams

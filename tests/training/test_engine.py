@@ -15,7 +15,7 @@ from perceivers.cli.main import main
 from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, step_dirs
 from perceivers.training.config import EngineConfig
 from perceivers.training.loop import run_task
-from perceivers.training.optim import LAMB, lr_factor, param_groups
+from perceivers.training.optim import LAMB, adamw, build_optimizer, lr_factor, param_groups
 from perceivers.training.overrides import apply_overrides
 from perceivers.training.recipes import digits, text
 from perceivers.training.runtime import NonFiniteLossError
@@ -56,6 +56,38 @@ def test_lamb_matches_the_formula():
     zero.grad = torch.tensor([1.0, -2.0, 0.0])
     opt.step()
     torch.testing.assert_close(zero.detach(), torch.tensor([-0.1, 0.1, 0.0]), rtol=1e-4, atol=1e-6)
+
+
+def test_adamw_is_fused_where_supported_and_matches_the_default():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, name="adamw", lr=0.01, weight_decay=0.1, betas=(0.9, 0.99), eps=None)
+    assert opt.defaults["fused"] is True  # every PyTorch the project supports (>= 2.4) fuses AdamW on CPU
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    plain = torch.optim.AdamW([{"params": reference[0:1], "weight_decay": 0.1},
+                               {"params": reference[1:], "weight_decay": 0.0}], lr=0.01, betas=(0.9, 0.99))
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in reference]
+        for p, q, g in zip(model.parameters(), reference, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        plain.step()
+    for ours, theirs in zip(model.parameters(), reference):  # same update rule, different rounding at most
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_falls_back_where_fused_is_unsupported(monkeypatch):
+    real = torch.optim.AdamW
+
+    def no_fused(params, fused=None, **options):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **options)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = adamw((q for q in [p]), lr=0.5)  # a generator of parameters is read once and still reaches the fallback
+    assert not opt.defaults["fused"] and opt.param_groups[0]["params"] == [p]
 
 
 def test_schedules():
