@@ -4,7 +4,9 @@ Per M, mode and precision, each implementation's median time, its ratio to ours 
 time / our time: > 1 means we are faster), achieved GFLOP/s of its analytic matmul FLOPs
 (:func:`~perceivers.bench.spec.matmul_flops`) as a percentage of the measured matmul peak of its precision (bf16's
 for both bf16 modes), its peak RSS and the ratio of that to ours (theirs / ours: > 1 means we use less), and its
-speed-up over our fp32 case of the same run (our fp32 time / its time).
+speed-up over our fp32 case of the same run (our fp32 time / its time). A run with ``--malloc default,kept`` shows
+each case under both allocator settings (``kept`` marked in the precision cell) and, per case, how much slower the
+default allocator is (:func:`malloc_rows`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ def case_precision(case: dict[str, Any], settings: dict[str, Any]) -> str:
     return case.get("precision") or settings_precisions(settings)[0]
 
 
-def _by_key(cases: list[dict[str, Any]], settings: dict[str, Any]) -> dict[tuple[int, str, str, str], dict[str, Any]]:
-    return {(c["m"], c["mode"], case_precision(c, settings), c["impl"]): c for c in cases}
+Key = tuple[int, str, str, str, str]  # M, mode, precision, malloc, impl
+
+
+def _by_key(cases: list[dict[str, Any]], settings: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+    return {(c["m"], c["mode"], case_precision(c, settings), c.get("malloc", "default"), c["impl"]): c for c in cases}
 
 
 def _ok(case: dict[str, Any] | None) -> bool:
@@ -55,10 +60,11 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
     index = _by_key(cases, settings)
     rows = []
     for case in cases:
-        precision = case_precision(case, settings)
-        ours = index.get((case["m"], case["mode"], precision, "ours"))
-        ours_fp32 = index.get((case["m"], case["mode"], "fp32", "ours"))
-        head = [f"{case['m']:,}", case["mode"], precision, case["impl"]]
+        precision, malloc = case_precision(case, settings), case.get("malloc", "default")
+        ours = index.get((case["m"], case["mode"], precision, malloc, "ours"))
+        ours_fp32 = index.get((case["m"], case["mode"], "fp32", malloc, "ours"))
+        shown = precision if malloc == "default" else f"{precision}, {malloc} malloc"
+        head = [f"{case['m']:,}", case["mode"], shown, case["impl"]]
         if "unavailable" in case or "error" in case:
             reason = case.get("unavailable") or f"failed: {case['error']}"
             rows.append(head + [reason.replace("|", "/")] + ["—"] * 7)
@@ -98,7 +104,27 @@ def format_table(results: dict[str, Any]) -> str:
               "| mem ratio | x our fp32 |"),
              "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    slowdowns = malloc_rows(results)
+    if slowdowns:
+        lines += ["", ("Allocator: default time / kept time (> 1: the default allocator is slower; kept = glibc serves "
+                       "every allocation from its heap and keeps freed memory)."), "",
+                  "| M | mode | precision | impl | default (s) | kept (s) | default / kept |",
+                  "|---:|---|---|---|---:|---:|---:|"]
+        lines += ["| " + " | ".join(row) + " |" for row in slowdowns]
     return "\n".join(lines) + "\n"
+
+
+def malloc_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Per case measured under both allocator settings: its default and kept times and their ratio."""
+    settings = results["settings"]
+    index = _by_key(results["cases"], settings)
+    rows = []
+    for (m, mode, precision, malloc, impl), case in index.items():
+        kept = index.get((m, mode, precision, "kept", impl))
+        if malloc == "default" and _ok(case) and _ok(kept):
+            rows.append([f"{m:,}", mode, precision, impl, f"{case['median_s']:.3f}", f"{kept['median_s']:.3f}",
+                         f"{case['median_s'] / kept['median_s']:.2f}x"])
+    return rows
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
@@ -116,7 +142,9 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     settings = results["settings"]
     for case in results["cases"]:
         if _ok(case):
-            series.setdefault((f"{case['impl']} {case_precision(case, settings)}", case["mode"]), []).append(case)
+            malloc = "" if case.get("malloc", "default") == "default" else f" {case['malloc']} malloc"
+            series.setdefault((f"{case['impl']} {case_precision(case, settings)}{malloc}", case["mode"]),
+                              []).append(case)
     colors = {impl: f"C{i % 10}" for i, impl in enumerate(dict.fromkeys(impl for impl, _ in series))}
     for (impl, mode), points in sorted(series.items()):
         points.sort(key=lambda c: c["m"])

@@ -30,12 +30,22 @@ DEFAULT_MS = (1024, 4096, 16384, 65536)
 QUICK_MS = (1024, 4096)
 #: bf16 counts as fast when its matmul peak is at least this multiple of fp32's.
 FAST_BF16 = 1.5
+#: ``--malloc``: the environment each worker gets on top of ours. ``default`` is the inherited environment (glibc's
+#: malloc as configured, or whatever ``LD_PRELOAD`` brings); ``kept`` tells glibc to serve every allocation from its
+#: heap and never give freed memory back to the system (no ``mmap`` per large buffer, no trimming), so large
+#: buffers freed by one step are reused by the next without page faults. Other C libraries ignore these variables.
+MALLOC_ENVS: dict[str, dict[str, str]] = {
+    "default": {},
+    "kept": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**46)},
+}
+MALLOCS = tuple(MALLOC_ENVS)
 
 
 @dataclass(frozen=True, kw_only=True)
 class BenchSettings(ConfigBase):
     """What to run: input lengths ``ms``, implementations, modes, precisions (each case runs in every one, so one run
-    compares our bf16 with our fp32), CPU threads (``None``: torch's choice),
+    compares our bf16 with our fp32), allocator settings ``mallocs`` (:data:`MALLOC_ENVS`; likewise), CPU threads
+    (``None``: torch's choice),
     timed ``repeats`` after ``warmup`` steps, ``rounds`` passes over every case (each case keeps its fastest
     round: on a shared machine, other work only ever adds time), batch sizes, the spec size (``bench`` or ``tiny``), the matmul size
     of the peak measurement, the device and a per-case timeout in seconds."""
@@ -44,6 +54,7 @@ class BenchSettings(ConfigBase):
     impls: tuple[str, ...] = IMPLS
     modes: tuple[str, ...] = MODES
     precisions: tuple[str, ...] = ("fp32",)
+    mallocs: tuple[str, ...] = ("default",)
     threads: int | None = None
     repeats: int = 3
     warmup: int = 1
@@ -57,7 +68,7 @@ class BenchSettings(ConfigBase):
 
     def __post_init__(self) -> None:
         for name, values, choices in (("impls", self.impls, IMPLS), ("modes", self.modes, MODES),
-                                      ("precisions", self.precisions, PRECISIONS)):
+                                      ("precisions", self.precisions, PRECISIONS), ("mallocs", self.mallocs, MALLOCS)):
             if not values:
                 fail(name, values, f"at least one of {choices}")
             for value in values:
@@ -122,9 +133,10 @@ def measure_peaks(settings: BenchSettings) -> dict[str, Any]:
 
 
 def cases(settings: BenchSettings) -> list[dict[str, Any]]:
-    """Every (M, mode, precision, impl) in table order."""
-    return [{"m": m, "mode": mode, "precision": precision, "impl": impl} for m in settings.ms
-            for mode in settings.modes for precision in settings.precisions for impl in settings.impls]
+    """Every (M, mode, precision, malloc, impl) in table order."""
+    return [{"m": m, "mode": mode, "precision": precision, "malloc": malloc, "impl": impl} for m in settings.ms
+            for mode in settings.modes for precision in settings.precisions for malloc in settings.mallocs
+            for impl in settings.impls]
 
 
 def worker_argv(settings: BenchSettings, case: dict[str, Any]) -> list[str]:
@@ -165,10 +177,13 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
     for r in range(settings.rounds):
         for i, case in enumerate(todo):
             start = time.perf_counter()
-            result = {**case, **run_worker(worker_argv(settings, case), settings.timeout_s)}
+            result = {**case, **run_worker(worker_argv(settings, case), settings.timeout_s,
+                                           MALLOC_ENVS[case["malloc"]])}
             rounds[i].append(result)
             where = f"round {r + 1}/{settings.rounds} " if settings.rounds > 1 else ""
-            say(f"[{where}{i + 1}/{len(todo)}] M={case['m']} {case['mode']} {case['precision']} {case['impl']}: "
+            malloc = "" if case["malloc"] == "default" else f" {case['malloc']}-malloc"
+            say(f"[{where}{i + 1}/{len(todo)}] M={case['m']} {case['mode']} {case['precision']}{malloc} "
+                f"{case['impl']}: "
                 f"{describe(result)} "
                 f"({time.perf_counter() - start:.0f} s)")
     results = [best_round(tries) for tries in rounds]

@@ -36,6 +36,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", metavar="P[,P...]",
                    help="fp32 (default), bf16 (torch.autocast for everyone, fp32 weights) and/or bf16-weights "
                         "(inference with the model in bf16); several, e.g. fp32,bf16, run every case in each")
+    p.add_argument("--malloc", default="default", metavar="A[,A]",
+                   help="default (the inherited environment) and/or kept (glibc keeps freed memory: no mmap per large "
+                        "buffer, no trimming); both, default,kept, runs every case under each and reports the "
+                        "default allocator's slowdown")
     p.add_argument("--threads", default=None, help="torch CPU threads per case (default: torch's choice)")
     p.add_argument("--repeats", default=None, help="timed steps per case (default 3; --quick 2)")
     p.add_argument("--warmup", default="1", help="untimed steps first (default 1)")
@@ -75,7 +79,7 @@ def settings_from_args(args: argparse.Namespace):
     import torch
 
     from perceivers.bench.peers import IMPLS
-    from perceivers.bench.runner import BenchSettings
+    from perceivers.bench.runner import MALLOCS, BenchSettings
     from perceivers.bench.worker import MODES, PRECISIONS
 
     try:
@@ -86,7 +90,7 @@ def settings_from_args(args: argparse.Namespace):
         fail("--device", args.device, "cpu, or cuda on a machine with a CUDA device")
     values = {"impls": parse_list("--impls", args.impls or ",".join(IMPLS), IMPLS), "modes": parse_list("--modes", args.modes, MODES),
               "precisions": parse_list("--precision", args.precision, PRECISIONS), "warmup": parse_int("--warmup", args.warmup, minimum=0),
-              "rounds": parse_int("--rounds", args.rounds),
+              "mallocs": parse_list("--malloc", args.malloc, MALLOCS), "rounds": parse_int("--rounds", args.rounds),
               "batch_train": parse_int("--batch-train", args.batch_train),
               "batch_infer": parse_int("--batch-infer", args.batch_infer),
               "timeout_s": parse_int("--timeout", args.timeout), "device": args.device}

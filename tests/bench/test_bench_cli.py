@@ -12,7 +12,7 @@ def test_help_lists_the_flags(capsys):
         main(["bench", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--quick", "--m", "--impls", "--precision", "--threads", "--out"):
+    for flag in ("--quick", "--m", "--impls", "--precision", "--malloc", "--threads", "--out"):
         assert flag in out
 
 
@@ -24,6 +24,7 @@ BAD = [
     (["--modes", "fast"], "--modes='fast' is invalid"),
     (["--precision", "fp16"], "--precision='fp16' is invalid"),
     (["--precision", "fp32,fp8"], "--precision='fp8' is invalid"),
+    (["--malloc", "jemalloc"], "--malloc='jemalloc' is invalid"),
     (["--threads", "0"], "--threads=0 is invalid"),
     (["--repeats", "two"], "--repeats='two' is invalid"),
     (["--warmup", "-1"], "--warmup=-1 is invalid"),

@@ -8,6 +8,7 @@ from perceivers.bench.report import (
     ar_table_rows,
     format_ar_table,
     format_table,
+    malloc_rows,
     percent_of_peak,
     ratio,
     table_rows,
@@ -59,6 +60,17 @@ def test_bf16_rows_compare_with_ours_at_bf16_and_with_our_fp32():
     assert rows[2][2:] == ["bf16", "ours", "1,000", "0.250", "1.00x", "200", "80 %", "800", "1.00x", "4.00x"]
     assert rows[3][6] == "2.00x" and rows[3][-1] == "2.00x"
     assert "Precision fp32, bf16 (bf16: autocast" in format_table(results(cases, ("fp32", "bf16")))
+
+
+def test_kept_malloc_cases_compare_with_ours_under_kept_and_report_the_slowdown():
+    cases = [_case("ours", 1.1, 900.0), _case("krasserm", 1.5, 950.0),
+             {**_case("ours", 1.0, 900.0), "malloc": "kept"}, {**_case("krasserm", 1.2, 950.0), "malloc": "kept"}]
+    res = results(cases)
+    rows = table_rows(res)
+    assert rows[1][6] == f"{1.5 / 1.1:.2f}x" and rows[3][2] == "fp32, kept malloc" and rows[3][6] == "1.20x"
+    assert malloc_rows(res) == [["1,024", "train", "fp32", "ours", "1.100", "1.000", "1.10x"],
+                                ["1,024", "train", "fp32", "krasserm", "1.500", "1.200", "1.25x"]]
+    assert "| default / kept |" in format_table(res) and "default / kept" not in format_table(results(cases[:2]))
 
 
 def test_results_of_the_one_precision_format_still_read():

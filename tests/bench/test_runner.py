@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+import json
+import sys
+
+from perceivers.bench import runner
 from perceivers.bench.runner import (
+    MALLOC_ENVS,
     QUICK_MS,
     BenchSettings,
     best_round,
     cases,
     higher_peaks,
+    run_worker,
     worker_argv,
 )
 from perceivers.core.errors import ConfigError
@@ -18,7 +24,7 @@ from perceivers.core.errors import ConfigError
 def test_quick_settings_and_case_order():
     quick = BenchSettings.quick(impls=("ours", "krasserm"), modes=("infer",))
     assert (quick.ms, quick.repeats, quick.peak_n) == (QUICK_MS, 2, 1024)
-    fp32 = {"mode": "infer", "precision": "fp32"}
+    fp32 = {"mode": "infer", "precision": "fp32", "malloc": "default"}
     assert cases(quick) == [{"m": 1024, **fp32, "impl": "ours"}, {"m": 1024, **fp32, "impl": "krasserm"},
                             {"m": 4096, **fp32, "impl": "ours"}, {"m": 4096, **fp32, "impl": "krasserm"}]
     argv = worker_argv(quick, cases(quick)[0])
@@ -34,6 +40,25 @@ def test_every_case_runs_in_every_precision():
     assert argv[argv.index("--precision") + 1] == "bf16"
 
 
+def test_every_case_runs_under_every_malloc_with_its_environment(monkeypatch):
+    both = BenchSettings(ms=(1024,), impls=("ours", "krasserm"), modes=("infer",), mallocs=("default", "kept"))
+    assert [(c["malloc"], c["impl"]) for c in cases(both)] == [("default", "ours"), ("default", "krasserm"),
+                                                               ("kept", "ours"), ("kept", "krasserm")]
+    seen = []
+    monkeypatch.setattr(runner, "measure_peaks", lambda s: {"n": 8, "fp32": 1.0, "bf16": 2.0, "fast_bf16": True})
+    monkeypatch.setattr(runner, "run_worker", lambda argv, timeout, env=None: seen.append(env) or {"median_s": 1.0, "peak_rss_mib": 9.0})
+    out = runner.run_bench(both)
+    assert seen == [{}, {}, MALLOC_ENVS["kept"], MALLOC_ENVS["kept"]]
+    assert [c["malloc"] for c in out["cases"]] == ["default", "default", "kept", "kept"]
+    assert MALLOC_ENVS["kept"]["MALLOC_MMAP_MAX_"] == "0"  # glibc: no mmap per large buffer
+
+
+def test_a_worker_gets_the_malloc_environment():
+    probe = "import json, os; print(json.dumps({'mmap_max': os.environ.get('MALLOC_MMAP_MAX_')}))"
+    assert run_worker([sys.executable, "-c", probe], 60, MALLOC_ENVS["kept"]) == {"mmap_max": "0"}
+    assert json.dumps(run_worker([sys.executable, "-c", "import sys; sys.exit(3)"], 60)).startswith('{"error": "exit')
+
+
 def test_each_case_keeps_its_fastest_round():
     tries = [{"median_s": 2.0, "round": 0}, {"error": "killed"}, {"median_s": 1.5, "round": 2}]
     best = best_round(tries)
@@ -43,7 +68,8 @@ def test_each_case_keeps_its_fastest_round():
 
 
 @pytest.mark.parametrize("field, value", [("impls", ()), ("impls", ("nope",)), ("ms", (0,)), ("rounds", 0),
-                                          ("precisions", ("fp16",)), ("precisions", ()), ("warmup", -1)])
+                                          ("precisions", ("fp16",)), ("precisions", ()), ("warmup", -1),
+                                          ("mallocs", ()), ("mallocs", ("tcmalloc",))])
 def test_bad_settings_are_config_errors(field, value):
     with pytest.raises(ConfigError):
         BenchSettings(**{field: value})
