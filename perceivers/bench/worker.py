@@ -10,7 +10,7 @@ building the model and inputs, before the first step), ``peak_cuda_mib`` on CUDA
 ``notes``; or ``{"impl": ..., "unavailable": reason}`` when the peer is not installed or does not run here.
 
 A training step is forward, cross-entropy on random labels, backward and an AdamW step (``zero_grad`` to None), the
-same fused AdamW for every implementation (:func:`perceivers.training.optim.adamw`, as the training engine uses);
+same fused AdamW for every implementation (:func:`perceivers.core.optim.adamw`, as the training engine uses);
 inference is a forward under ``torch.inference_mode`` in eval mode. ``--precision bf16`` runs the forward (and
 loss) under ``torch.autocast(device, torch.bfloat16)`` with fp32 weights, for every implementation alike;
 ``--precision bf16-weights`` (inference only) casts the model and the inputs to bf16 and runs without autocast.
@@ -31,7 +31,7 @@ import torch
 
 from perceivers.bench.peers import IMPLS, PeerUnavailable, build
 from perceivers.bench.spec import SPECS, matmul_flops
-from perceivers.training.optim import adamw
+from perceivers.core.optim import adamw
 
 MODES = ("train", "infer")
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
