@@ -160,6 +160,39 @@ def test_mlp_inference_activation_in_place_gives_the_same_values(name):
     assert torch.equal(mlp(x).detach(), mlp.fc2(expected))  # autograd path: out of place, same values
 
 
+@pytest.mark.parametrize("name", ["gelu_tanh", "sq_relu", "geglu"])
+def test_mlp_inference_runs_long_inputs_in_row_chunks_with_the_same_result(name, monkeypatch):
+    import perceivers.layers.blocks as blocks
+
+    mlp = randomize_(MLP(CQ, widening_factor=2, activation=name)).eval()
+    x = torch.randn(3, 7, CQ) * 3  # 21 rows of a hidden width 12 (24 for GEGLU): 252 or 504 values
+    with torch.no_grad():
+        whole = mlp(x)
+    widths = []
+    monkeypatch.setattr(blocks, "MLP_CHUNK_VALUES", 5 * mlp.fc1.out_features)  # 5 rows a chunk: 5 chunks
+    handle = mlp.fc1.register_forward_hook(lambda m, a, out: widths.append(a[0].shape[0]))
+    with torch.no_grad():
+        hooked = mlp(x)  # a hook on fc1 sees the whole input: no chunks
+    handle.remove()
+    assert widths == [3] and torch.equal(hooked, whole)
+    calls = []
+    real_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda inp, w, b=None: calls.append(inp.shape) or real_linear(inp, w, b))
+    with torch.no_grad():
+        chunked = mlp(x)
+    assert [c[0] for c in calls[::2]] == [5, 5, 5, 5, 1] and chunked.shape == x.shape
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    calls.clear()
+    out = mlp(x.requires_grad_())  # autograd: one pass over every row, so the backward sees the whole graph
+    assert [c[0] for c in calls] == [3, 3] and out.requires_grad
+    torch.testing.assert_close(out.detach(), whole, rtol=1e-6, atol=1e-6)
+    mlp.train()  # dropout 0: training mode without autograd still chunks; with dropout it would not
+    calls.clear()
+    with torch.no_grad():
+        mlp(x)
+    assert len(calls) == 10
+
+
 def test_activations_differ():
     x = torch.linspace(-3, 3, 101)
     outs = {n: activation_fn(n, x) for n in ("gelu_tanh", "gelu", "sq_relu", "relu")}
