@@ -30,8 +30,11 @@ from torch import nn
 
 from perceivers.bench.spec import BenchSpec
 
-#: Implementations in table order.
+#: Implementations of the default run, in table order.
 IMPLS = ("ours", "transformers", "lucidrains", "krasserm")
+#: Every implementation ``--impls`` accepts: also ``ours-gelu``, ours with the exact (erf) GELU that transformers
+#: and krasserm use instead of the official tanh approximation (the same model otherwise).
+ALL_IMPLS = (*IMPLS, "ours-gelu")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,14 +45,15 @@ class PeerUnavailable(RuntimeError):
 
 def build(impl: str, spec: BenchSpec) -> tuple[nn.Module, Forward, dict[str, Any], list[str]]:
     """The model ``impl`` at ``spec`` (seed 0), its forward, FLOP options and notes."""
-    builders = {"ours": _ours, "transformers": _transformers, "lucidrains": _lucidrains, "krasserm": _krasserm}
+    builders = {"ours": _ours, "ours-gelu": lambda s: _ours(s, activation="gelu"), "transformers": _transformers,
+                "lucidrains": _lucidrains, "krasserm": _krasserm}
     if impl not in builders:
-        raise ValueError(f"unknown implementation {impl!r}: expected one of {IMPLS}")
+        raise ValueError(f"unknown implementation {impl!r}: expected one of {ALL_IMPLS}")
     torch.manual_seed(0)
     return builders[impl](spec)
 
 
-def _ours(spec: BenchSpec):
+def _ours(spec: BenchSpec, activation: str = "gelu_tanh"):
     from perceivers.decoders import DecoderConfig
     from perceivers.encoders import EncoderConfig
     from perceivers.models.perceiver_io.config import PerceiverIOConfig
@@ -61,8 +65,10 @@ def _ours(spec: BenchSpec):
                         self_attend_widening_factor=spec.self_widening)
     dec = DecoderConfig(type="classification", num_outputs=spec.num_classes, num_query_channels=spec.query_channels,
                         widening_factor=spec.decoder_widening, use_query_residual=True)
-    model = PerceiverIO(PerceiverIOConfig(input_channels=spec.input_channels, encoder=enc, decoder=dec))
-    return model, lambda x: model(x), {}, ["tanh GELU (official)"]
+    model = PerceiverIO(PerceiverIOConfig(input_channels=spec.input_channels, encoder=enc, decoder=dec,
+                                          activation=activation))
+    note = "tanh GELU (official)" if activation == "gelu_tanh" else "exact GELU (as transformers and krasserm)"
+    return model, lambda x: model(x), {}, [note]
 
 
 def _transformers(spec: BenchSpec):

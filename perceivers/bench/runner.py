@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from perceivers.bench.peers import IMPLS
+from perceivers.bench.peers import ALL_IMPLS, IMPLS
 from perceivers.bench.worker import MODES, PRECISIONS
 from perceivers.core.validation import ConfigBase, check_choice, check_int, fail
 
@@ -67,7 +67,7 @@ class BenchSettings(ConfigBase):
     timeout_s: int = 1800
 
     def __post_init__(self) -> None:
-        for name, values, choices in (("impls", self.impls, IMPLS), ("modes", self.modes, MODES),
+        for name, values, choices in (("impls", self.impls, ALL_IMPLS), ("modes", self.modes, MODES),
                                       ("precisions", self.precisions, PRECISIONS), ("mallocs", self.mallocs, MALLOCS)):
             if not values:
                 fail(name, values, f"at least one of {choices}")

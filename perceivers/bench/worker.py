@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from perceivers.bench.peers import IMPLS, PeerUnavailable, build
+from perceivers.bench.peers import ALL_IMPLS, PeerUnavailable, build
 from perceivers.bench.spec import SPECS, matmul_flops
 from perceivers.core.optim import adamw
 
@@ -112,7 +112,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m perceivers.bench.worker", description=__doc__.split("\n")[0])
-    p.add_argument("--impl", required=True, choices=IMPLS)
+    p.add_argument("--impl", required=True, choices=ALL_IMPLS)
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--m", type=int, required=True, help="inputs per example")
     p.add_argument("--batch", type=int, required=True)

@@ -26,8 +26,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--m", default=None, metavar="M[,M...]",
                    help="input lengths, e.g. 1024,4096 or 1k,4k (default 1k,4k,16k,64k; --quick 1k,4k)")
     p.add_argument("--impls", default=None, metavar="NAME[,NAME...]",
-                   help="implementations (default: all: ours, transformers, lucidrains, krasserm; with --ar: ours, "
-                        "krasserm, lucidrains)")
+                   help="implementations (default: all: ours, transformers, lucidrains, krasserm; also ours-gelu: "
+                        "ours with the exact GELU of transformers and krasserm; with --ar: ours, krasserm, "
+                        "lucidrains, ours-bf16)")
     p.add_argument("--ar", action="store_true",
                    help="Perceiver AR greedy generation instead: tokens/s after a 4,096-token prompt (--quick: 1,024), "
                         "ours vs krasserm (cached, perceiver-io 0.11) and lucidrains perceiver-ar-pytorch (no cache); "
@@ -78,7 +79,7 @@ def settings_from_args(args: argparse.Namespace):
     """:class:`~perceivers.bench.runner.BenchSettings` from the command line (ConfigError on a bad value)."""
     import torch
 
-    from perceivers.bench.peers import IMPLS
+    from perceivers.bench.peers import ALL_IMPLS, IMPLS
     from perceivers.bench.runner import MALLOCS, BenchSettings
     from perceivers.bench.worker import MODES, PRECISIONS
 
@@ -88,7 +89,7 @@ def settings_from_args(args: argparse.Namespace):
         device = None
     if device is None or (device.type == "cuda" and not torch.cuda.is_available()):
         fail("--device", args.device, "cpu, or cuda on a machine with a CUDA device")
-    values = {"impls": parse_list("--impls", args.impls or ",".join(IMPLS), IMPLS), "modes": parse_list("--modes", args.modes, MODES),
+    values = {"impls": parse_list("--impls", args.impls or ",".join(IMPLS), ALL_IMPLS), "modes": parse_list("--modes", args.modes, MODES),
               "precisions": parse_list("--precision", args.precision, PRECISIONS), "warmup": parse_int("--warmup", args.warmup, minimum=0),
               "mallocs": parse_list("--malloc", args.malloc, MALLOCS), "rounds": parse_int("--rounds", args.rounds),
               "batch_train": parse_int("--batch-train", args.batch_train),

@@ -25,6 +25,24 @@ def test_worker_returns_sane_json(impl, mode):
     assert result["threads"] == 1
 
 
+def test_ours_gelu_is_ours_with_the_exact_gelu():
+    import torch
+
+    from perceivers.bench.peers import build
+
+    spec = BenchSpec.tiny()
+    (tanh, f_tanh, _, notes_tanh), (exact, f_exact, _, notes_exact) = build("ours", spec), build("ours-gelu", spec)
+    assert sum(p.numel() for p in exact.parameters()) == sum(p.numel() for p in tanh.parameters()) == 7173
+    assert (tanh.config.activation, exact.config.activation) == ("gelu_tanh", "gelu")
+    assert "exact GELU" in notes_exact[0] and "tanh GELU" in notes_tanh[0]
+    x = torch.randn(2, 12, spec.input_channels)
+    with torch.no_grad():  # the same weights (seed 0), so only the activation tells the outputs apart
+        assert not torch.equal(f_tanh(x), f_exact(x))
+        torch.testing.assert_close(f_tanh(x), f_exact(x), rtol=0.05, atol=0.05)
+    settings = BenchSettings(impls=("ours", "ours-gelu"))
+    assert settings.impls == ("ours", "ours-gelu")
+
+
 def test_bf16_weights_worker_runs_inference_in_bf16_and_refuses_training():
     case = {"impl": "ours", "mode": "infer", "m": 12, "precision": "bf16-weights"}
     result = run_worker(worker_argv(TINY, case), timeout_s=120)
