@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import sys
+
+import pytest
 
 from perceivers.bench import runner
 from perceivers.bench.runner import (
@@ -46,7 +46,8 @@ def test_every_case_runs_under_every_malloc_with_its_environment(monkeypatch):
                                                                ("kept", "ours"), ("kept", "krasserm")]
     seen = []
     monkeypatch.setattr(runner, "measure_peaks", lambda s: {"n": 8, "fp32": 1.0, "bf16": 2.0, "fast_bf16": True})
-    monkeypatch.setattr(runner, "run_worker", lambda argv, timeout, env=None: seen.append(env) or {"median_s": 1.0, "peak_rss_mib": 9.0})
+    timed = {"median_s": 1.0, "peak_rss_mib": 9.0}
+    monkeypatch.setattr(runner, "run_worker", lambda argv, timeout, env=None: seen.append(env) or timed)
     out = runner.run_bench(both)
     assert seen == [{}, {}, MALLOC_ENVS["kept"], MALLOC_ENVS["kept"]]
     assert [c["malloc"] for c in out["cases"]] == ["default", "default", "kept", "kept"]

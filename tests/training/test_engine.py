@@ -15,7 +15,13 @@ from perceivers.cli.main import main
 from perceivers.training.checkpoint import CheckpointError, latest_checkpoint, step_dirs
 from perceivers.training.config import EngineConfig
 from perceivers.training.loop import run_task
-from perceivers.training.optim import LAMB, adamw, build_optimizer, lr_factor, param_groups
+from perceivers.training.optim import (
+    LAMB,
+    adamw,
+    build_optimizer,
+    lr_factor,
+    param_groups,
+)
 from perceivers.training.overrides import apply_overrides
 from perceivers.training.recipes import digits, text
 from perceivers.training.runtime import NonFiniteLossError
