@@ -51,6 +51,7 @@ ENGINE_SETTING_HELP = {
     "batch_size": "global batch, split over processes and grad_accum micro-steps",
     "drop_last": "drop the last incomplete batch of each epoch",
     "lr": "peak learning rate", "optimizer": "adamw or lamb", "betas": "the optimiser's betas, two floats in [0, 1)",
+    "fused_optimizer": "AdamW as one fused kernel where PyTorch has it (false: the per-tensor loop)",
     "eps": "the optimiser's eps (None: 1e-8 for AdamW, 1e-6 for LAMB)",
     "schedule": "learning-rate schedule: cosine, constant_cosine, linear or constant",
     "warmup_steps": "linear warm-up steps (None: warmup_fraction of training)",

@@ -25,8 +25,8 @@ from perceivers.training.tasks import CopyTask, DigitsTask, TextTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = (EngineConfig, Recipe, DigitsTask, TextTask, CopyTask, HiPMAETask, HiPFinetuneTask)
-ENGINE_KEYS = ["steps", "epochs", "batch_size", "drop_last", "lr", "optimizer", "betas", "eps", "schedule",
-               "warmup_steps", "warmup_fraction", "constant_fraction", "weight_decay", "grad_clip", "grad_accum",
+ENGINE_KEYS = ["steps", "epochs", "batch_size", "drop_last", "lr", "optimizer", "fused_optimizer", "betas", "eps",
+               "schedule", "warmup_steps", "warmup_fraction", "constant_fraction", "weight_decay", "grad_clip", "grad_accum",
                "precision", "activation_checkpointing", "compile", "seed", "checkpoint_every", "keep_last",
                "log_every", "eval_every", "on_nonfinite", "max_skip_fraction", "device", "strategy",
                "find_unused_parameters", "collective_timeout"]
