@@ -181,11 +181,11 @@ def test_mlp_inference_runs_long_inputs_in_row_chunks_with_the_same_result(name,
     with torch.no_grad():
         chunked = mlp(x)
     assert [c[0] for c in calls[::2]] == [5, 5, 5, 5, 1] and chunked.shape == x.shape
-    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     calls.clear()
     out = mlp(x.requires_grad_())  # autograd: one pass over every row, so the backward sees the whole graph
     assert [c[0] for c in calls] == [3, 3] and out.requires_grad
-    torch.testing.assert_close(out.detach(), whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.detach(), whole, rtol=1e-5, atol=1e-5)
     mlp.train()  # dropout 0: training mode without autograd still chunks; with dropout it would not
     calls.clear()
     with torch.no_grad():
