@@ -91,9 +91,9 @@ class MLP(nn.Module):
         width = self.fc1.out_features
         rows = x.numel() // max(1, x.shape[-1])
         chunk = max(1, MLP_CHUNK_VALUES // width)
-        autograd = torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad)
+        autograd = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         if (rows <= chunk or autograd or (self.training and self.dropout.p > 0)
-                or _hooked(self, self.fc1, self.fc2, self.dropout)):
+                or _hooked(self.fc1, self.fc2, self.dropout)):
             h = self.fc1(x)
             h = activation_fn(self.activation, h, inplace=not h.requires_grad)
             return self.dropout(self.fc2(h))

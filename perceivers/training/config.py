@@ -38,8 +38,8 @@ class EngineConfig(ConfigBase):
     Label smoothing is not here: a loss is its task's (see the digits and HiP fine-tuning tasks).
     ``fused_optimizer`` runs AdamW as one fused kernel where PyTorch has it (about 5x faster than the per-tensor
     loop on CPU); ``False`` keeps the per-tensor loop, whose rounding does not depend on how parameters are
-    sharded, so that an FSDP run equals a one-process run bit for bit (the fused kernel rounds an element in its
-    vector body and in its scalar tail differently, and sharding moves elements between the two).
+    sharded, so that an FSDP run equals a one-process run bit for bit (with the fused kernel, a 2-process FSDP2 run
+    differs from the one-process run in the last bits).
 
     ``collective_timeout`` (seconds) bounds every wait on the other processes (joining the group, all-reduce,
     barrier): a process that died or froze ends the others with one error after at most that long.
