@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from perceivers.cli.common import load_model, set_threads, user_input
-from perceivers.core.errors import ConfigError, UserError
+from perceivers.core.errors import ConfigError
 from perceivers.core.files import atomic_write
 from perceivers.core.validation import check_int, fail
 
@@ -111,8 +111,10 @@ def draw_piano_roll(voices: list[list[tuple[int, int, int]]], steps: int, path: 
                     title: str | None = None) -> None:
     """A PNG piano roll of four voices' ``(onset, end, MIDI pitch)`` notes (steps of a 16th note), one colour per
     voice, bar lines every 16 steps; a grey band marks the ``prompt_steps`` that were given, not generated."""
-    plt = _pyplot()
     from perceivers.data.music import VOICES
+    from perceivers.training.plot import pyplot
+
+    plt = pyplot("--piano-roll")
 
     fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, steps / 24)), 3.6), dpi=100)
     for notes, name, colour in zip(voices, VOICES, VOICE_COLOURS):
@@ -141,12 +143,3 @@ def _rect(plt: Any, x: float, y: float, width: float, height: float, colour: str
     return plt.Rectangle((x, y), width, height, facecolor=colour, edgecolor="black", linewidth=0.3)
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--piano-roll needs matplotlib: pip install 'perceivers[plot]'") from None
-    return plt

@@ -43,15 +43,16 @@ def read_csv(path: Path) -> dict[str, list[float]]:
     return columns
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend; a :class:`UserError` naming the extra when matplotlib is missing."""
+def pyplot(needed_by: str = "perceivers plot") -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; a :class:`UserError` naming ``needed_by`` (the command or flag that
+    draws) and the extra when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("perceivers plot needs matplotlib: pip install 'perceivers[plot]'") from None
+        raise UserError(f"{needed_by} needs matplotlib: pip install 'perceivers[plot]'") from None
     return plt
 
 

@@ -127,3 +127,15 @@ def test_training_windows_are_transposed_by_up_to_max_transpose(cache, monkeypat
     per_row = shift.sum(1) // onset.sum(1)
     assert torch.equal(moved[~onset], batch[0][~onset]) and per_row.abs().max() <= 5 and per_row.abs().sum() > 0
     assert torch.equal(shift, per_row[:, None] * onset)
+
+
+def test_piano_roll_without_matplotlib_names_the_flag_and_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    from perceivers.cli.music import draw_piano_roll
+    from perceivers.core.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(UserError, match=r"^--piano-roll needs matplotlib: pip install 'perceivers\[plot\]'$"):
+        draw_piano_roll([[(0, 4, 60)], [], [], []], 16, str(tmp_path / "r.png"))
+    assert not (tmp_path / "r.png").exists()
